@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+// io_uring backend for io_loop: readiness through one-shot POLL_ADD, re-armed after each report.
+//
+// One-shot polls (not multishot) give the same level-triggered contract as epoll: a handler
+// that leaves data unread is told again, because the re-armed poll completes at once. Re-arms,
+// adds, changes and removals only queue SQEs; they reach the kernel with the next wait(), so an
+// iteration costs one io_uring_enter however many fds changed.
+//
+// The one tricky piece: a poll's completion can already sit in the CQ when its fd is changed or
+// removed. Each fd carries a generation, encoded in the poll's user_data with the fd, and a
+// completion whose generation is not the fd's current one is dropped.
+#include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "backend/backend.hpp"
+
+namespace squall::detail {
+namespace {
+
+constexpr unsigned ring_entries = 256;
+
+// user_data layout. 0 marks completions nobody waits for (poll removals). Bit 63 marks a
+// readiness poll: fd in bits 0-31, generation in bits 32-62. Other values are kept free for
+// per-operation records (pointers) when the data path moves onto the ring.
+constexpr std::uint64_t poll_tag = std::uint64_t{1} << 63;
+constexpr std::uint64_t gen_mask = (std::uint64_t{1} << 31) - 1;
+
+std::uint64_t poll_data(int fd, std::uint32_t gen) {
+  return poll_tag | ((std::uint64_t{gen} & gen_mask) << 32) | static_cast<std::uint32_t>(fd);
+}
+
+unsigned to_poll(unsigned events) {
+  unsigned m = 0;
+  if (events & io_loop::read) m |= POLLIN | POLLRDHUP;
+  if (events & io_loop::write) m |= POLLOUT;
+  return m;
+}
+
+unsigned from_poll(int res, unsigned interest) {
+  // A negative result is an error of the poll itself (-EBADF for an fd closed before the poll
+  // was submitted, say): report it as an error on the fd so its handler finds out.
+  if (res < 0) return io_loop::error | interest;
+  unsigned r = 0;
+  if (res & (POLLIN | POLLRDHUP)) r |= io_loop::read;
+  if (res & POLLOUT) r |= io_loop::write;
+  if (res & (POLLERR | POLLHUP | POLLNVAL)) r |= io_loop::error | interest;
+  return r;
+}
+
+class io_uring_backend final : public backend {
+ public:
+  io_uring_backend() = default;
+  ~io_uring_backend() override {
+    if (ring_ok_) io_uring_queue_exit(&ring_);
+    if (event_fd_ >= 0) ::close(event_fd_);
+  }
+
+  int init() noexcept {
+    int r = io_uring_queue_init(ring_entries, &ring_, 0);
+    ring_ok_ = r == 0;
+    return r;
+  }
+
+  backend_kind kind() const noexcept override { return backend_kind::io_uring; }
+
+  int add(int fd, unsigned events) noexcept override {
+    if (static_cast<std::size_t>(fd) >= fds_.size()) fds_.resize(static_cast<std::size_t>(fd) + 1);
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+    s.interest = events;
+    s.gen = (s.gen + 1) & gen_mask;
+    return arm(fd, s);
+  }
+
+  int modify(int fd, unsigned events) noexcept override {
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+    disarm(s, fd);
+    s.interest = events;
+    return arm(fd, s);
+  }
+
+  int remove(int fd) noexcept override {
+    if (static_cast<std::size_t>(fd) >= fds_.size()) return -ENOENT;
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+    disarm(s, fd);
+    s.interest = 0;
+    return 0;
+  }
+
+  int wait(std::int64_t timeout_ns, ready_event* out, int capacity) noexcept override {
+    rearm_reported();
+    int r = submit_and_wait(timeout_ns);
+    if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY) return r;
+    if (event_fd_ < 0) return harvest(out, capacity);
+    // Embedded: drain the eventfd after submitting (what the submission completed at once is
+    // in the CQ now) and before harvesting (a completion posted after this read signals it
+    // again), so the host neither misses a completion nor wakes for one already handled.
+    eventfd_t v;
+    (void)::eventfd_read(event_fd_, &v);
+    int n = harvest(out, capacity);
+    if (io_uring_cq_ready(&ring_) > 0) (void)::eventfd_write(event_fd_, 1);  // left for later
+    return n;
+  }
+
+  void flush() noexcept override {
+    rearm_reported();
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+  }
+
+  int pollable_fd() noexcept override {
+    if (event_fd_ >= 0) return event_fd_;
+    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) return -errno;
+    int r = io_uring_register_eventfd(&ring_, efd);
+    if (r < 0) {
+      ::close(efd);
+      return r;
+    }
+    event_fd_ = efd;
+    return efd;
+  }
+
+ private:
+  struct fd_state {
+    unsigned interest = 0;  // 0: not watched
+    std::uint32_t gen = 0;
+    bool armed = false;  // a POLL_ADD for this generation is queued or in the kernel
+  };
+
+  io_uring_sqe* get_sqe() noexcept {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {
+      // The SQ is full of queued changes: push them to the kernel and take a fresh slot.
+      io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  int arm(int fd, fd_state& s) noexcept {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, to_poll(s.interest));
+    io_uring_sqe_set_data64(sqe, poll_data(fd, s.gen));
+    s.armed = true;
+    return 0;
+  }
+
+  // Withdraws the poll of the current generation, if any, and moves to a new generation so a
+  // completion already in the CQ is recognised as stale.
+  void disarm(fd_state& s, int fd) noexcept {
+    if (s.armed) {
+      if (io_uring_sqe* sqe = get_sqe()) {
+        io_uring_prep_poll_remove(sqe, poll_data(fd, s.gen));
+        io_uring_sqe_set_data64(sqe, 0);
+      }
+      s.armed = false;
+    }
+    s.gen = (s.gen + 1) & gen_mask;
+  }
+
+  void rearm_reported() noexcept {
+    for (int fd : reported_) {
+      fd_state& s = fds_[static_cast<std::size_t>(fd)];
+      if (s.interest != 0 && !s.armed) arm(fd, s);
+    }
+    reported_.clear();
+  }
+
+  int submit_and_wait(std::int64_t timeout_ns) noexcept {
+    io_uring_cqe* cqe = nullptr;
+    // Completions already waiting: just submit what is queued.
+    if (timeout_ns == 0 || io_uring_cq_ready(&ring_) > 0) {
+      return io_uring_sq_ready(&ring_) > 0 ? io_uring_submit(&ring_) : 0;
+    }
+    if (timeout_ns < 0) return io_uring_submit_and_wait(&ring_, 1);
+    __kernel_timespec ts{timeout_ns / 1000000000, timeout_ns % 1000000000};
+    return io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  }
+
+  int harvest(ready_event* out, int capacity) noexcept {
+    int n = 0;
+    unsigned head, seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      if (n == capacity) break;  // the rest stay in the CQ for the next wait
+      ++seen;
+      std::uint64_t ud = cqe->user_data;
+      if (!(ud & poll_tag)) continue;
+      int fd = static_cast<int>(ud & 0xffffffffu);
+      std::uint32_t gen = static_cast<std::uint32_t>((ud >> 32) & gen_mask);
+      fd_state& s = fds_[static_cast<std::size_t>(fd)];
+      if (s.gen != gen || !s.armed) continue;  // stale: changed or removed since submission
+      s.armed = false;
+      reported_.push_back(fd);
+      out[n++] = ready_event{fd, from_poll(cqe->res, s.interest)};
+    }
+    io_uring_cq_advance(&ring_, seen);
+    return n;
+  }
+
+  io_uring ring_{};
+  bool ring_ok_ = false;
+  std::vector<fd_state> fds_;
+  std::vector<int> reported_;  // fds whose one-shot poll fired; re-armed at the next wait
+  int event_fd_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<backend> make_io_uring_backend(int& err) {
+  auto b = std::make_unique<io_uring_backend>();
+  if (int r = b->init(); r < 0) {
+    err = -r;
+    return nullptr;
+  }
+  return b;
+}
+
+}  // namespace squall::detail

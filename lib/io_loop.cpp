@@ -1,0 +1,557 @@
+// SPDX-License-Identifier: MIT
+// io_loop: the iteration (wait, fd handlers, timers, callbacks) and everything that feeds it.
+//
+// One iteration, in order: compute how long we may sleep; wait in the backend; run handlers of
+// ready fds; run due timers; run queued callbacks. Callbacks queued while callbacks run are
+// taken in further rounds of the same iteration, up to `callback_rounds`, so a chain of
+// callbacks does not pay a backend syscall per link, while I/O still gets its turn.
+#include "squall/io_loop.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <stdexcept>
+#include <string>
+
+#include "backend/backend.hpp"
+#include "signals.hpp"
+#include "squall/log.hpp"
+#include "timer_heap.hpp"
+
+namespace squall {
+namespace detail {
+
+constexpr int max_ready = 256;
+constexpr int callback_rounds = 16;
+
+struct fd_entry {
+  unique_function<void(int, unsigned)> handler;
+  std::source_location where;
+  unsigned events = 0;
+  bool active = false;
+};
+
+// Handlers indexed by fd, in fixed-size chunks that never move: a handler may add a handler for
+// a larger fd while it runs, and its own entry must stay where it is.
+struct fd_table {
+  static constexpr std::size_t chunk = 256;
+  std::vector<std::unique_ptr<fd_entry[]>> chunks;
+  std::size_t count = 0;
+  int dispatching_fd = -1;
+  // The handler of the fd being dispatched, if that handler removed itself: destroyed after it
+  // returns, not under its own feet.
+  unique_function<void(int, unsigned)> zombie;
+  ready_event ready[max_ready];
+
+  fd_entry* find(int fd) noexcept {
+    std::size_t c = static_cast<std::size_t>(fd) / chunk;
+    if (c >= chunks.size() || !chunks[c]) return nullptr;
+    return &chunks[c][static_cast<std::size_t>(fd) % chunk];
+  }
+  fd_entry& get(int fd) {
+    std::size_t c = static_cast<std::size_t>(fd) / chunk;
+    if (c >= chunks.size()) chunks.resize(c + 1);
+    if (!chunks[c]) chunks[c] = std::make_unique<fd_entry[]>(chunk);
+    return chunks[c][static_cast<std::size_t>(fd) % chunk];
+  }
+};
+
+}  // namespace detail
+
+namespace {
+
+thread_local io_loop* t_current = nullptr;
+thread_local std::unique_ptr<io_loop> t_default_loop;
+
+// A cheap identity for the calling thread: the address of a thread-local.
+std::uintptr_t self_id() noexcept {
+  static thread_local char marker;
+  return reinterpret_cast<std::uintptr_t>(&marker);
+}
+
+std::int64_t ns(time_point t) noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+std::string describe(const std::source_location& w) {
+  return std::string(w.file_name()) + ":" + std::to_string(w.line()) + " (" + w.function_name() +
+         ")";
+}
+
+}  // namespace
+
+const char* to_string(backend_kind kind) noexcept {
+  switch (kind) {
+    case backend_kind::automatic:
+      return "automatic";
+    case backend_kind::io_uring:
+      return "io_uring";
+    case backend_kind::epoll:
+      return "epoll";
+    case backend_kind::kqueue:
+      return "kqueue";
+  }
+  return "?";
+}
+
+// --- timer_handle ----------------------------------------------------------------------------
+
+bool timer_handle::cancel() {
+  return loop_ && loop_->cancel_timer(slot_, gen_);
+}
+bool timer_handle::pending() const {
+  return loop_ && loop_->timer_pending(slot_, gen_);
+}
+
+// --- Construction ----------------------------------------------------------------------------
+
+io_loop::io_loop() : io_loop(options{}) {}
+
+io_loop::io_loop(const options& opts)
+    : opts_(opts),
+      backend_(detail::make_backend(opts.backend)),
+      timers_(std::make_unique<detail::timer_heap>()),
+      fds_(std::make_unique<detail::fd_table>()),
+      signals_(std::make_unique<detail::signal_slot>()) {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) throw_errno(errno, "squall: eventfd for the loop's wake-up");
+  if (int r = backend_->add(wake_fd_, read); r < 0) {
+    ::close(wake_fd_);
+    throw_errno(-r, "squall: watching the loop's wake-up fd");
+  }
+  signals_->wake_fd = wake_fd_;
+  owner_thread_.store(self_id(), std::memory_order_relaxed);
+  if (opts.make_current && !t_current) t_current = this;
+  log(log_level::debug, "loop", "new loop on %s", backend_name());
+}
+
+io_loop::~io_loop() {
+  // Workers may still post results; join them while the loop can take the posts.
+  executor_.reset();
+  for (int s = 1; s <= detail::max_signal; ++s)
+    if (signals_->watched & (std::uint64_t{1} << (s - 1)))
+      detail::signal_unwatch(s, signals_.get());
+  if (t_current == this) t_current = nullptr;
+  backend_->remove(wake_fd_);
+  ::close(wake_fd_);
+}
+
+io_loop& io_loop::current() {
+  if (t_current) return *t_current;
+  t_default_loop = std::make_unique<io_loop>();
+  t_current = t_default_loop.get();
+  return *t_current;
+}
+
+io_loop* io_loop::current_or_null() noexcept {
+  return t_current;
+}
+void io_loop::make_current() noexcept {
+  t_current = this;
+}
+backend_kind io_loop::backend() const noexcept {
+  return backend_->kind();
+}
+
+bool io_loop::in_loop_thread() const noexcept {
+  return owner_thread_.load(std::memory_order_relaxed) == self_id();
+}
+
+void io_loop::check_thread([[maybe_unused]] const char* what) const {
+#ifndef NDEBUG
+  if (!in_loop_thread())
+    throw_error(error::wrong_thread,
+                std::string("squall: io_loop::") + what +
+                    " called off the loop's thread (only add_callback and stop are thread-safe)");
+#endif
+}
+
+// --- Running ---------------------------------------------------------------------------------
+
+void io_loop::enter_run() {
+  if (running_)
+    throw_error(error::loop_running, "squall: io_loop::run re-entered or running elsewhere");
+  owner_thread_.store(self_id(), std::memory_order_relaxed);
+  running_ = true;
+}
+
+void io_loop::leave_run() {
+  running_ = false;
+}
+
+void io_loop::run() {
+  enter_run();
+  io_loop* previous = t_current;
+  t_current = this;
+  try {
+    do {
+      iterate(forever);
+    } while (!stop_requested_);
+  } catch (...) {
+    t_current = previous;
+    leave_run();
+    throw;
+  }
+  stop_requested_ = false;
+  t_current = previous;
+  leave_run();
+}
+
+void io_loop::run_once(duration max_wait) {
+  enter_run();
+  try {
+    iterate(max_wait);
+    // An embedding program is about to poll our fd: queued changes must be in the kernel first.
+    backend_->flush();
+  } catch (...) {
+    leave_run();
+    throw;
+  }
+  leave_run();
+}
+
+void io_loop::stop() {
+  if (!in_loop_thread()) {
+    add_callback([this] { stop_requested_ = true; });
+    return;
+  }
+  stop_requested_ = true;
+}
+
+duration io_loop::compute_wait(duration max_wait) {
+  if (stop_requested_ || !local_q_.empty()) return duration::zero();
+  if (timers_->empty()) return max_wait;
+  std::int64_t until = timers_->earliest() - ns(now());
+  if (until <= 0) return duration::zero();
+  duration d = std::chrono::nanoseconds(until);
+  return d < max_wait ? d : max_wait;
+}
+
+void io_loop::iterate(duration max_wait) {
+  duration wait = compute_wait(max_wait);
+  // `sleeping_` is true here (set at the end of the previous iteration, or initially). Checking
+  // for remote posts after it was set pairs with post_remote(): either we see their callback,
+  // or they see us sleeping and write the wake fd.
+  if (wait != duration::zero() && remote_pending_.load(std::memory_order_seq_cst))
+    wait = duration::zero();
+  std::int64_t timeout_ns =
+      wait == forever ? -1 : std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+
+  int n = backend_->wait(timeout_ns, fds_->ready, detail::max_ready);
+  sleeping_.store(false, std::memory_order_relaxed);
+  if (n < 0) {
+    sleeping_.store(true, std::memory_order_seq_cst);
+    throw_errno(-n, std::string("squall: ") + backend_name() + " wait failed");
+  }
+
+  run_ready_events(n);
+  iteration_now_ = now();
+  run_timers();
+  run_callbacks();
+  sleeping_.store(true, std::memory_order_seq_cst);
+}
+
+void io_loop::run_ready_events(int n) {
+  for (int i = 0; i < n; ++i) {
+    const detail::ready_event& ev = fds_->ready[i];
+    if (ev.fd == wake_fd_) {
+      drain_wakeups();
+      continue;
+    }
+    detail::fd_entry* e = fds_->find(ev.fd);
+    // Removed or paused by an earlier handler in this batch.
+    if (!e || !e->active || e->events == 0) continue;
+    unsigned mask = ev.events & (e->events | error);
+    if (mask == 0) continue;
+    fds_->dispatching_fd = ev.fd;
+    try {
+      e->handler(ev.fd, mask);
+    } catch (...) {
+      report_exception("fd handler added", e->where);
+    }
+    fds_->dispatching_fd = -1;
+    fds_->zombie.reset();
+  }
+}
+
+void io_loop::run_timers() {
+  std::int64_t now_ns = ns(iteration_now_);
+  detail::timer_heap::fired t;
+  // Timers scheduled by these callbacks are due at a later `now()` than iteration_now_, so a
+  // timer that re-arms itself with zero delay runs once per iteration, not forever.
+  while (timers_->pop_due(now_ns, t)) {
+    try {
+      t.fn();
+    } catch (...) {
+      report_exception("timer scheduled", t.where);
+    }
+    t.fn.reset();
+  }
+}
+
+void io_loop::run_callbacks() {
+  for (int round = 0; round < detail::callback_rounds; ++round) {
+    run_q_.swap(local_q_);
+    if (remote_pending_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(remote_mu_);
+      for (auto& cb : remote_q_)
+        run_q_.push_back(std::move(cb));
+      remote_q_.clear();
+      remote_pending_.store(false, std::memory_order_relaxed);
+    }
+    if (run_q_.empty()) return;
+    for (auto& cb : run_q_) {
+      try {
+        cb.fn();
+      } catch (...) {
+        report_exception("callback added", cb.where);
+      }
+    }
+    run_q_.clear();
+  }
+}
+
+void io_loop::drain_wakeups() {
+  // Clear the flag before reading: a post that lands after the read writes again.
+  wake_sent_.store(false, std::memory_order_seq_cst);
+  eventfd_t v;
+  (void)::eventfd_read(wake_fd_, &v);
+  if (signals_->watched != 0) process_signals();
+}
+
+void io_loop::report_exception(const char* kind, const std::source_location& where) {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    log(log_level::error, "loop", "Exception in %s at %s: %s", kind, describe(where).c_str(),
+        e.what());
+  } catch (...) {
+    log(log_level::error, "loop", "Exception in %s at %s: unknown exception", kind,
+        describe(where).c_str());
+  }
+}
+
+// --- Callbacks -------------------------------------------------------------------------------
+
+void io_loop::add_callback(unique_function<void()> fn, std::source_location where) {
+  if (in_loop_thread()) {
+    local_q_.push_back(queued_callback{std::move(fn), where});
+    return;
+  }
+  post_remote(queued_callback{std::move(fn), where});
+}
+
+void io_loop::post_remote(queued_callback cb) {
+  {
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    remote_q_.push_back(std::move(cb));
+    remote_pending_.store(true, std::memory_order_seq_cst);
+  }
+  if (sleeping_.load(std::memory_order_seq_cst) &&
+      !wake_sent_.exchange(true, std::memory_order_seq_cst))
+    wake();
+}
+
+void io_loop::post_executor_result(unique_function<void()> deliver) {
+  post_remote(queued_callback{std::move(deliver), std::source_location::current()});
+}
+
+void io_loop::wake() {
+  // EAGAIN means the counter is saturated, which still wakes the loop.
+  (void)::eventfd_write(wake_fd_, 1);
+}
+
+std::size_t io_loop::pending_callbacks() const noexcept {
+  std::size_t n = local_q_.size();
+  if (remote_pending_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    n += remote_q_.size();
+  }
+  return n;
+}
+
+// --- Timers ----------------------------------------------------------------------------------
+
+timer_handle io_loop::call_later(duration delay, unique_function<void()> fn,
+                                 std::source_location where) {
+  return call_at(now() + delay, std::move(fn), where);
+}
+
+timer_handle io_loop::call_at(time_point when, unique_function<void()> fn,
+                              std::source_location where) {
+  check_thread("call_at");
+  std::uint32_t gen;
+  std::uint32_t slot = timers_->push(ns(when), std::move(fn), where, gen);
+  return timer_handle(this, slot, gen);
+}
+
+bool io_loop::cancel(timer_handle handle) {
+  return handle.cancel();
+}
+
+bool io_loop::cancel_timer(std::uint32_t slot, std::uint32_t gen) {
+  check_thread("cancel");
+  return timers_->cancel(slot, gen);
+}
+
+bool io_loop::timer_pending(std::uint32_t slot, std::uint32_t gen) const {
+  return timers_->pending(slot, gen);
+}
+
+std::size_t io_loop::timer_count() const noexcept {
+  return timers_->size();
+}
+
+// --- fd handlers -----------------------------------------------------------------------------
+
+void io_loop::add_handler(int fd, unsigned events, unique_function<void(int, unsigned)> handler,
+                          std::source_location where) {
+  check_thread("add_handler");
+  if (fd < 0) throw std::invalid_argument("squall: add_handler: negative fd");
+  if (events & ~(read | write))
+    throw std::invalid_argument("squall: add_handler: events must be read and/or write");
+  if (!handler) throw std::invalid_argument("squall: add_handler: empty handler");
+  detail::fd_entry& e = fds_->get(fd);
+  if (e.active)
+    throw_error(error::already_watched,
+                "squall: add_handler: fd " + std::to_string(fd) + " already has a handler");
+  if (events != 0) {
+    if (int r = backend_->add(fd, events); r < 0)
+      throw_errno(-r, "squall: add_handler: cannot watch fd " + std::to_string(fd));
+  }
+  e.handler = std::move(handler);
+  e.where = where;
+  e.events = events;
+  e.active = true;
+  ++fds_->count;
+}
+
+void io_loop::update_handler(int fd, unsigned events) {
+  check_thread("update_handler");
+  if (events & ~(read | write))
+    throw std::invalid_argument("squall: update_handler: events must be read and/or write");
+  detail::fd_entry* e = fd >= 0 ? fds_->find(fd) : nullptr;
+  if (!e || !e->active)
+    throw_error(error::not_watched,
+                "squall: update_handler: fd " + std::to_string(fd) + " has no handler");
+  if (events == e->events) return;
+  int r = 0;
+  if (e->events == 0)
+    r = backend_->add(fd, events);
+  else if (events == 0)
+    r = backend_->remove(fd);
+  else
+    r = backend_->modify(fd, events);
+  if (r < 0) throw_errno(-r, "squall: update_handler: fd " + std::to_string(fd));
+  e->events = events;
+}
+
+void io_loop::remove_handler(int fd) {
+  check_thread("remove_handler");
+  detail::fd_entry* e = fd >= 0 ? fds_->find(fd) : nullptr;
+  if (!e || !e->active)
+    throw_error(error::not_watched,
+                "squall: remove_handler: fd " + std::to_string(fd) + " has no handler");
+  if (e->events != 0) {
+    // EBADF / ENOENT: the fd was closed before its handler was removed. epoll has dropped it
+    // already; nothing is left to undo.
+    if (int r = backend_->remove(fd); r < 0 && r != -EBADF && r != -ENOENT)
+      log(log_level::warn, "loop", "removing fd %d from %s: %s", fd, backend_name(),
+          std::system_category().message(-r).c_str());
+  }
+  e->active = false;
+  e->events = 0;
+  if (fds_->dispatching_fd == fd)
+    fds_->zombie = std::move(e->handler);
+  else
+    e->handler.reset();
+  --fds_->count;
+}
+
+std::size_t io_loop::handler_count() const noexcept {
+  return fds_->count;
+}
+
+// --- Signals ---------------------------------------------------------------------------------
+
+void io_loop::add_signal_handler(int signo, unique_function<void(int)> handler,
+                                 std::source_location where) {
+  check_thread("add_signal_handler");
+  if (signo <= 0 || signo > detail::max_signal)
+    throw std::invalid_argument("squall: signal " + std::to_string(signo) + " out of range");
+  std::uint64_t bit = std::uint64_t{1} << (signo - 1);
+  if (signals_->watched & bit)
+    throw_error(error::already_watched,
+                "squall: add_signal_handler: signal " + std::to_string(signo) + " already watched");
+  detail::signal_watch(signo, signals_.get());
+  signals_->handlers[signo] = std::move(handler);
+  signals_->where[signo] = where;
+  signals_->watched |= bit;
+}
+
+void io_loop::remove_signal_handler(int signo) {
+  check_thread("remove_signal_handler");
+  std::uint64_t bit =
+      signo > 0 && signo <= detail::max_signal ? std::uint64_t{1} << (signo - 1) : 0;
+  if (!(signals_->watched & bit))
+    throw_error(error::not_watched,
+                "squall: remove_signal_handler: signal " + std::to_string(signo) + " not watched");
+  detail::signal_unwatch(signo, signals_.get());
+  signals_->watched &= ~bit;
+  signals_->pending.fetch_and(~bit);
+  signals_->handlers[signo] = nullptr;
+}
+
+std::size_t io_loop::signal_handler_count() const noexcept {
+  return static_cast<std::size_t>(__builtin_popcountll(signals_->watched));
+}
+
+void io_loop::process_signals() {
+  std::uint64_t pending = signals_->pending.exchange(0) & signals_->watched;
+  while (pending) {
+    int signo = __builtin_ctzll(pending) + 1;
+    pending &= pending - 1;
+    auto& h = signals_->handlers[signo];
+    if (!h) continue;
+    try {
+      h(signo);
+    } catch (...) {
+      report_exception("signal handler added", signals_->where[signo]);
+    }
+  }
+}
+
+// --- Executor --------------------------------------------------------------------------------
+
+thread_pool& io_loop::executor() {
+  if (!executor_) {
+    unsigned n = opts_.executor_threads;
+    if (n == 0) {
+      n = std::thread::hardware_concurrency();
+      if (n < 4) n = 4;
+    }
+    executor_ = std::make_unique<thread_pool>(n);
+  }
+  return *executor_;
+}
+
+// --- Embedding -------------------------------------------------------------------------------
+
+int io_loop::backend_fd() {
+  int fd = backend_->pollable_fd();
+  if (fd < 0) throw_errno(-fd, std::string("squall: backend_fd on ") + backend_name());
+  return fd;
+}
+
+int io_loop::backend_timeout_ms() const {
+  if (stop_requested_ || !local_q_.empty() || remote_pending_.load(std::memory_order_acquire))
+    return 0;
+  if (timers_->empty()) return -1;
+  std::int64_t until = timers_->earliest() - ns(now());
+  if (until <= 0) return 0;
+  std::int64_t ms = (until + 999999) / 1000000;
+  return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms);
+}
+
+}  // namespace squall

@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: MIT
+// The squall command-line tool: one binary, one subcommand per job.
+//
+// For now `serve` only starts a loop and reports its backend (the HTTP server grows here with
+// the HTTP module); `version` and `help` tell what this build has.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "squall/config.hpp"
+#include "squall/io_loop.hpp"
+#include "squall/log.hpp"
+
+namespace {
+
+void usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: squall <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  serve [--backend io_uring|epoll]   run a loop until SIGINT/SIGTERM\n"
+               "  version                            print the version and the backends built\n"
+               "  help                               this text\n");
+}
+
+int cmd_version() {
+  std::printf("squall %s (backends:%s%s%s)\n", SQUALL_VERSION,
+              SQUALL_HAVE_IO_URING ? " io_uring" : "", SQUALL_HAVE_EPOLL ? " epoll" : "",
+              SQUALL_HAVE_KQUEUE ? " kqueue" : "");
+  return 0;
+}
+
+bool parse_backend(std::string_view s, squall::backend_kind& out) {
+  for (auto k : {squall::backend_kind::io_uring, squall::backend_kind::epoll,
+                 squall::backend_kind::kqueue}) {
+    if (s == squall::to_string(k)) {
+      out = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+int cmd_serve(int argc, char** argv) {
+  squall::io_loop::options opts;
+  for (int i = 0; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--backend" && i + 1 < argc) {
+      if (!parse_backend(argv[++i], opts.backend)) {
+        std::fprintf(stderr, "squall serve: unknown backend '%s'\n", argv[i]);
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "squall serve: unknown option '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  squall::io_loop loop(opts);
+  auto quit = [&loop](int signo) {
+    squall::log(squall::log_level::info, "serve", "%s: stopping", strsignal(signo));
+    loop.stop();
+  };
+  loop.add_signal_handler(SIGINT, quit);
+  loop.add_signal_handler(SIGTERM, quit);
+  std::printf("squall %s serving on the %s backend (Ctrl-C to stop)\n", SQUALL_VERSION,
+              loop.backend_name());
+  std::fflush(stdout);
+  loop.run();
+  loop.remove_signal_handler(SIGINT);
+  loop.remove_signal_handler(SIGTERM);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  std::string_view cmd = argv[1];
+  try {
+    if (cmd == "serve") return cmd_serve(argc - 2, argv + 2);
+    if (cmd == "version" || cmd == "--version") return cmd_version();
+    if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+      usage(stdout);
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "squall %s: %s\n", argv[1], e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "squall: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
