@@ -127,6 +127,12 @@ io_loop::io_loop(const options& opts)
 }
 
 io_loop::~io_loop() {
+  // Layers above the loop wind down first, while everything below them still works. An
+  // extension's entry stays (empty) while it is destroyed, so nothing can register it anew.
+  destroying_ = true;
+  for (auto it = extensions_.rbegin(); it != extensions_.rend(); ++it)
+    it->second.reset();
+  extensions_.clear();
   // Workers may still post results; join them while the loop can take the posts.
   executor_.reset();
   for (int s = 1; s <= detail::max_signal; ++s)
@@ -534,6 +540,24 @@ thread_pool& io_loop::executor() {
     executor_ = std::make_unique<thread_pool>(n);
   }
   return *executor_;
+}
+
+// --- Extensions ------------------------------------------------------------------------------
+
+io_loop::extension* io_loop::find_extension(const void* key) const noexcept {
+  for (auto& [k, e] : extensions_)
+    if (k == key) return e.get();
+  return nullptr;
+}
+
+io_loop::extension& io_loop::add_extension(const void* key, std::unique_ptr<extension> ext) {
+  check_thread("add_extension");
+  if (destroying_) throw_error(error::closed, "squall: io_loop::add_extension: loop is closing");
+  for (auto& [k, e] : extensions_)
+    if (k == key)
+      throw_error(error::already_watched, "squall: io_loop::add_extension: key already registered");
+  extensions_.emplace_back(key, std::move(ext));
+  return *extensions_.back().second;
 }
 
 // --- Embedding -------------------------------------------------------------------------------

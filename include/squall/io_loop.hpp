@@ -219,6 +219,19 @@ class io_loop {
   // timer is due, -1 if there is no timer, otherwise milliseconds to the next timer, rounded up.
   int backend_timeout_ms() const;
 
+  // --- Extensions: per-loop state of the layers built on the loop ----------------------------
+
+  // The fiber scheduler, the resolver and similar layers keep one object per loop, found by a
+  // key the layer owns (the address of one of its statics). Extensions are destroyed first when
+  // the loop is destroyed, newest first, while the loop still works: they may cancel timers,
+  // remove handlers and run the loop to let their work wind down. Loop thread only.
+  struct extension {
+    virtual ~extension() = default;
+  };
+  extension* find_extension(const void* key) const noexcept;
+  // Takes ownership; `key` must not be registered yet.
+  extension& add_extension(const void* key, std::unique_ptr<extension> ext);
+
   // --- Introspection (tests and diagnostics) -------------------------------------------------
 
   std::size_t timer_count() const noexcept;
@@ -278,10 +291,12 @@ class io_loop {
   std::unique_ptr<detail::signal_slot> signals_;
 
   std::unique_ptr<thread_pool> executor_;
+  std::vector<std::pair<const void*, std::unique_ptr<extension>>> extensions_;
 
   std::atomic<std::uintptr_t> owner_thread_{0};
   bool running_ = false;
   bool stop_requested_ = false;
+  bool destroying_ = false;
   time_point iteration_now_{};
 };
 

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: MIT
+// Fibers: spawn/join, values and exceptions, sleep/yield, cancellation, deadlines, executor
+// waits, dumps, stack limits and overflow, and what loop shutdown does to live fibers.
+#include "squall/fiber.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "squall/locks.hpp"
+#include "squall/log.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using squall::io_loop;
+using squall::run_sync;
+using squall::spawn;
+namespace this_fiber = squall::this_fiber;
+
+namespace {
+
+std::error_code code_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e.code();
+  }
+  return {};
+}
+
+struct log_capture {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  log_capture() {
+    squall::set_log_sink([this](squall::log_level, std::string_view, std::string_view m) {
+      std::lock_guard<std::mutex> l(mu);
+      lines.emplace_back(m);
+    });
+  }
+  ~log_capture() { squall::set_log_sink(nullptr); }
+  bool contains(const std::string& s) {
+    std::lock_guard<std::mutex> l(mu);
+    for (auto& x : lines)
+      if (x.find(s) != std::string::npos) return true;
+    return false;
+  }
+};
+
+// Runs the crash helper (tests/fiber_crash_helper.cpp) and returns its exit status and output.
+struct child_result {
+  int status = -1;
+  std::string output;
+};
+child_result run_helper(const std::string& mode) {
+  std::string cmd = std::string(SQUALL_CRASH_HELPER) + " " + mode + " 2>&1";
+  child_result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  while (std::size_t n = std::fread(buf, 1, sizeof buf, p))
+    r.output.append(buf, n);
+  r.status = ::pclose(p);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("a spawned fiber starts on a later iteration and join returns its value") {
+  io_loop loop;
+  bool started = false;
+  auto f = spawn(loop, [&] {
+    started = true;
+    return std::string("done");
+  });
+  CHECK_FALSE(started);  // not inside spawn()
+  CHECK(f.name() == "fiber-" + std::to_string(f.id()));
+  std::string v = run_sync(loop, [&] { return f.join(); });
+  CHECK(started);
+  CHECK(v == "done");
+  CHECK(squall::fiber_count(loop) == 0);
+}
+
+TEST_CASE("fibers join fibers, and an exception crosses join with its type") {
+  io_loop loop;
+  auto leaf =
+      spawn(loop, []() -> int { throw std::out_of_range("leaf failed"); }, {.name = "leaf"});
+  auto middle = spawn(loop, [&] {
+    try {
+      return leaf.join();
+    } catch (const std::out_of_range& e) {
+      return static_cast<int>(std::string(e.what()).size());
+    }
+  });
+  int r = run_sync(loop, [&] { return middle.join() * 2; });
+  CHECK(r == 2 * static_cast<int>(std::string("leaf failed").size()));
+  CHECK(leaf.name() == "leaf");
+}
+
+TEST_CASE("an exception in a fiber nobody joins is logged with the fiber's name") {
+  log_capture logs;
+  io_loop loop;
+  spawn(loop, [] { throw std::runtime_error("lonely failure"); }, {.name = "orphan"}).detach();
+  squall::test::run_until(loop, [&] { return squall::fiber_count(loop) == 0; });
+  CHECK(logs.contains("Exception in fiber 'orphan'"));
+  CHECK(logs.contains("lonely failure"));
+}
+
+TEST_CASE("sleeping fibers wake in deadline order; yield interleaves fibers") {
+  io_loop loop;
+  std::vector<int> order;
+  auto a = spawn(loop, [&] {
+    this_fiber::sleep_for(30ms);
+    order.push_back(30);
+  });
+  auto b = spawn(loop, [&] {
+    this_fiber::sleep_for(10ms);
+    order.push_back(10);
+  });
+  auto c = spawn(loop, [&] {
+    this_fiber::sleep_for(20ms);
+    order.push_back(20);
+  });
+  run_sync(loop, [&] {
+    a.join();
+    b.join();
+    c.join();
+  });
+  CHECK(order == std::vector<int>{10, 20, 30});
+
+  std::string trace;
+  auto x = spawn(loop, [&] {
+    for (int i = 0; i < 3; ++i) {
+      trace += 'x';
+      this_fiber::yield();
+    }
+  });
+  auto y = spawn(loop, [&] {
+    for (int i = 0; i < 3; ++i) {
+      trace += 'y';
+      this_fiber::yield();
+    }
+  });
+  run_sync(loop, [&] {
+    x.join();
+    y.join();
+  });
+  CHECK(trace == "xyxyxy");
+}
+
+TEST_CASE("cancelling a fiber ends its wait with error::cancelled and runs its destructors") {
+  io_loop loop;
+  int destroyed = 0;
+  struct guard {
+    int& n;
+    ~guard() { ++n; }
+  };
+  auto sleeper = spawn(loop, [&] {
+    guard g{destroyed};
+    this_fiber::sleep_for(1h);
+  });
+  auto f = run_sync(loop, [&] {
+    this_fiber::sleep_for(5ms);  // let it reach its wait
+    sleeper.cancel();
+    return code_of([&] { sleeper.join(); });
+  });
+  CHECK(f == squall::error::cancelled);
+  CHECK(destroyed == 1);
+
+  bool ran = false;
+  auto never = spawn(loop, [&] { ran = true; });
+  never.cancel();  // before it started: it never runs
+  CHECK(run_sync(loop, [&] { return code_of([&] { never.join(); }); }) == squall::error::cancelled);
+  CHECK_FALSE(ran);
+}
+
+TEST_CASE("a caught cancellation lets the fiber go on; the next wait is not cancelled") {
+  io_loop loop;
+  auto f = spawn(loop, [&] {
+    auto ec = code_of([] { this_fiber::sleep_for(1h); });
+    this_fiber::sleep_for(1ms);  // works again
+    return ec;
+  });
+  auto ec = run_sync(loop, [&] {
+    this_fiber::yield();
+    f.cancel();
+    return f.join();
+  });
+  CHECK(ec == squall::error::cancelled);
+}
+
+TEST_CASE("deadlines: per wait, per block with deadline_scope (earliest wins), with_timeout") {
+  io_loop loop;
+  run_sync(loop, [&] {
+    squall::event never;
+    auto t0 = io_loop::now();
+    CHECK(code_of([&] { never.wait(io_loop::now() + 20ms); }) == squall::error::timed_out);
+    CHECK(io_loop::now() - t0 >= 20ms);
+
+    CHECK(code_of([&] {
+            squall::deadline_scope outer(30ms);
+            squall::deadline_scope inner(1h);  // later than outer: outer still applies
+            this_fiber::sleep_for(1h);
+          }) == squall::error::timed_out);
+    CHECK(io_loop::now() - t0 < 10s);
+
+    // The scope is gone: the same sleep now completes.
+    this_fiber::sleep_for(1ms);
+
+    CHECK(code_of([&] { squall::with_timeout(10ms, [&] { never.wait(); }); }) ==
+          squall::error::timed_out);
+    // A deadline already in the past fails at once, without waiting.
+    CHECK(code_of([&] { never.wait(io_loop::now() - 1s); }) == squall::error::timed_out);
+  });
+}
+
+TEST_CASE("join with a deadline times out while the fiber keeps running") {
+  io_loop loop;
+  auto slow = spawn(loop, [] {
+    this_fiber::sleep_for(50ms);
+    return 7;
+  });
+  auto r = run_sync(loop, [&] {
+    auto ec = code_of([&] { slow.join(io_loop::now() + 5ms); });
+    CHECK(ec == squall::error::timed_out);
+    return slow.join();
+  });
+  CHECK(r == 7);
+}
+
+TEST_CASE("a fiber waits for executor work without blocking the loop") {
+  io_loop loop;
+  int ticks = 0;
+  squall::timer_handle th;
+  std::function<void()> tick = [&] {
+    ++ticks;
+    th = loop.call_later(1ms, tick);
+  };
+  th = loop.call_later(1ms, tick);
+  auto v = run_sync(loop, [&] {
+    return this_fiber::run_in_executor([] {
+      std::this_thread::sleep_for(30ms);
+      return 99;
+    });
+  });
+  th.cancel();
+  CHECK(v == 99);
+  CHECK(ticks >= 5);  // the loop kept running while the worker slept
+  auto ec = run_sync(loop, [&] {
+    return code_of([] {
+      this_fiber::run_in_executor(
+          []() -> int { throw std::system_error(EIO, std::system_category()); });
+    });
+  });
+  CHECK(ec == std::error_code(EIO, std::system_category()));
+  // A wait that times out drops the late result without touching the fiber.
+  auto late = run_sync(loop, [&] {
+    return code_of([] {
+      this_fiber::run_in_executor(
+          [] {
+            std::this_thread::sleep_for(30ms);
+            return 1;
+          },
+          io_loop::now() + 5ms);
+    });
+  });
+  CHECK(late == squall::error::timed_out);
+  std::this_thread::sleep_for(40ms);
+  loop.run_once(10ms);  // the late result arrives and is dropped
+}
+
+TEST_CASE("dump_fibers names each live fiber and what it waits for") {
+  io_loop loop;
+  squall::event ev;
+  auto a = spawn(loop, [&] { ev.wait(); }, {.name = "waits-for-event"});
+  auto b = spawn(loop, [&] { this_fiber::sleep_for(1h); }, {.name = "sleepy"});
+  std::string dump;
+  run_sync(loop, [&] {
+    this_fiber::yield();
+    dump = squall::dump_fibers(loop);
+    ev.set();
+    b.cancel();
+  });
+  CHECK(dump.find("waits-for-event: waiting on event") != std::string::npos);
+  CHECK(dump.find("sleepy: waiting on sleep") != std::string::npos);
+  CHECK(dump.find("running") != std::string::npos);  // the run_sync fiber itself
+  squall::test::run_until(loop, [&] { return a.done() && b.done(); });
+}
+
+TEST_CASE("destroying a loop cancels its live fibers and unwinds their stacks") {
+  int destroyed = 0;
+  bool started_late = false;
+  struct guard {
+    int& n;
+    ~guard() { ++n; }
+  };
+  {
+    io_loop loop;
+    squall::event never;
+    spawn(loop, [&] {
+      guard g{destroyed};
+      never.wait();
+    }).detach();
+    spawn(loop, [&] {
+      guard g{destroyed};
+      // Swallows the cancellation and waits again: shutdown must unwind it anyway.
+      try {
+        this_fiber::sleep_for(1h);
+      } catch (const std::system_error&) {
+      }
+      this_fiber::sleep_for(1h);
+    }).detach();
+    loop.run_once(0ms);
+    spawn(loop, [&] { started_late = true; }).detach();  // never started
+    CHECK(squall::fiber_count(loop) == 3);
+  }
+  CHECK(destroyed == 2);
+  CHECK_FALSE(started_late);
+}
+
+TEST_CASE("stack settings: per fiber and per loop; tiny stacks are refused") {
+  io_loop loop;
+  auto cfg = squall::get_fiber_config(loop);
+  CHECK(cfg.stack_size == 256 * 1024);
+  CHECK(cfg.guard_page);
+  cfg.stack_size = 64 * 1024;
+  squall::set_fiber_config(loop, cfg);
+  auto deep = spawn(loop,
+                    [] {
+                      // Uses ~200 KiB of stack: fits the 512 KiB this fiber asked for.
+                      volatile char big[200 * 1024];
+                      big[0] = 1;
+                      big[sizeof big - 1] = 2;
+                      return big[0] + big[sizeof big - 1];
+                    },
+                    {.name = "big-stack", .stack_size = 512 * 1024});
+  CHECK(run_sync(loop, [&] { return deep.join(); }) == 3);
+  cfg.stack_size = 1024;
+  CHECK_THROWS_AS(squall::set_fiber_config(loop, cfg), std::invalid_argument);
+}
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// Sanitizers own SIGSEGV and the address space layout, so these run in the plain build only.
+TEST_CASE("a stack overflow hits the guard page and names the fiber before the process dies") {
+  auto r = run_helper("overflow");
+  CHECK(r.output.find("fiber stack overflow in fiber 'recurse-forever'") != std::string::npos);
+  CHECK(r.status != 0);
+}
+
+TEST_CASE("running out of kernel mappings for stacks is a clear error, not a crash") {
+  auto r = run_helper("map-limit");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("max_map_count") != std::string::npos);
+  CHECK(r.output.find("spawned ") != std::string::npos);
+}
+#endif
