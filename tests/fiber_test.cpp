@@ -56,7 +56,7 @@ struct child_result {
   int status = -1;
   std::string output;
 };
-child_result run_helper(const std::string& mode) {
+[[maybe_unused]] child_result run_helper(const std::string& mode) {
   std::string cmd = std::string(SQUALL_CRASH_HELPER) + " " + mode + " 2>&1";
   child_result r;
   FILE* p = ::popen(cmd.c_str(), "r");
