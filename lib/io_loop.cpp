@@ -43,6 +43,8 @@ struct fd_table {
   // returns, not under its own feet.
   unique_function<void(int, unsigned)> zombie;
   ready_event ready[max_ready];
+  int ready_pos = 0;    // index being dispatched in `ready`
+  int ready_count = 0;  // entries of `ready` in the batch being dispatched (0 outside dispatch)
 
   fd_entry* find(int fd) noexcept {
     std::size_t c = static_cast<std::size_t>(fd) / chunk;
@@ -64,10 +66,12 @@ namespace {
 thread_local io_loop* t_current = nullptr;
 thread_local std::unique_ptr<io_loop> t_default_loop;
 
-// A cheap identity for the calling thread: the address of a thread-local.
+// A cheap identity for the calling thread, never reused (a thread-local's address would be
+// reused by a thread started after another exited).
+std::atomic<std::uintptr_t> g_thread_ids{0};
 std::uintptr_t self_id() noexcept {
-  static thread_local char marker;
-  return reinterpret_cast<std::uintptr_t>(&marker);
+  static thread_local const std::uintptr_t id = ++g_thread_ids;
+  return id;
 }
 
 std::int64_t ns(time_point t) noexcept {
@@ -145,7 +149,9 @@ io_loop::~io_loop() {
 
 io_loop& io_loop::current() {
   if (t_current) return *t_current;
-  t_default_loop = std::make_unique<io_loop>();
+  // A default loop handed out earlier may have been displaced by another loop since: it is
+  // still alive (callers may hold it), so it becomes current again.
+  if (!t_default_loop) t_default_loop = std::make_unique<io_loop>();
   t_current = t_default_loop.get();
   return *t_current;
 }
@@ -164,6 +170,10 @@ bool io_loop::in_loop_thread() const noexcept {
   return owner_thread_.load(std::memory_order_relaxed) == self_id();
 }
 
+bool io_loop::on_running_thread() const noexcept {
+  return running_thread_.load(std::memory_order_acquire) == self_id();
+}
+
 void io_loop::check_thread([[maybe_unused]] const char* what) const {
 #ifndef NDEBUG
   if (!in_loop_thread())
@@ -179,11 +189,14 @@ void io_loop::enter_run() {
   if (running_)
     throw_error(error::loop_running, "squall: io_loop::run re-entered or running elsewhere");
   owner_thread_.store(self_id(), std::memory_order_relaxed);
+  running_thread_.store(self_id(), std::memory_order_release);
   running_ = true;
 }
 
 void io_loop::leave_run() {
   running_ = false;
+  running_thread_.store(0, std::memory_order_release);
+  sleeping_.store(true, std::memory_order_seq_cst);
 }
 
 void io_loop::run() {
@@ -205,9 +218,12 @@ void io_loop::run() {
 }
 
 void io_loop::run_once(duration max_wait) {
+  if (max_wait < duration::zero()) max_wait = duration::zero();
   enter_run();
   try {
     iterate(max_wait);
+    // stop() only ends run(); when the loop is driven by run_once it has nothing to end.
+    stop_requested_ = false;
     // An embedding program is about to poll our fd: queued changes must be in the kernel first.
     backend_->flush();
   } catch (...) {
@@ -218,8 +234,11 @@ void io_loop::run_once(duration max_wait) {
 }
 
 void io_loop::stop() {
-  if (!in_loop_thread()) {
-    add_callback([this] { stop_requested_ = true; });
+  // Off the running thread (or before run() started) the flag is set by a callback, so that a
+  // thread that is about to run the loop cannot race with it.
+  if (!on_running_thread()) {
+    post_remote(
+        queued_callback{[this] { stop_requested_ = true; }, std::source_location::current()});
     return;
   }
   stop_requested_ = true;
@@ -245,26 +264,35 @@ void io_loop::iterate(duration max_wait) {
       wait == forever ? -1 : std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
 
   int n = backend_->wait(timeout_ns, fds_->ready, detail::max_ready);
+  if (n < 0) throw_errno(-n, std::string("squall: ") + backend_name() + " wait failed");
   sleeping_.store(false, std::memory_order_relaxed);
-  if (n < 0) {
-    sleeping_.store(true, std::memory_order_seq_cst);
-    throw_errno(-n, std::string("squall: ") + backend_name() + " wait failed");
-  }
+  // Whatever happens below (an exception from a log sink, bad_alloc), the loop must come out
+  // consistent: no half-run batch left to run twice, and posters told to wake us again.
+  struct restore {
+    io_loop& l;
+    ~restore() {
+      l.run_q_.clear();
+      l.fds_->ready_count = 0;
+      l.sleeping_.store(true, std::memory_order_seq_cst);
+    }
+  } guard{*this};
 
   run_ready_events(n);
   iteration_now_ = now();
   run_timers();
   run_callbacks();
-  sleeping_.store(true, std::memory_order_seq_cst);
 }
 
 void io_loop::run_ready_events(int n) {
+  fds_->ready_count = n;
   for (int i = 0; i < n; ++i) {
+    fds_->ready_pos = i;
     const detail::ready_event& ev = fds_->ready[i];
     if (ev.fd == wake_fd_) {
       drain_wakeups();
       continue;
     }
+    if (ev.fd < 0) continue;  // invalidated by remove_handler
     detail::fd_entry* e = fds_->find(ev.fd);
     // Removed or paused by an earlier handler in this batch.
     if (!e || !e->active || e->events == 0) continue;
@@ -279,6 +307,7 @@ void io_loop::run_ready_events(int n) {
     fds_->dispatching_fd = -1;
     fds_->zombie.reset();
   }
+  fds_->ready_count = 0;
 }
 
 void io_loop::run_timers() {
@@ -319,10 +348,13 @@ void io_loop::run_callbacks() {
 }
 
 void io_loop::drain_wakeups() {
-  // Clear the flag before reading: a post that lands after the read writes again.
-  wake_sent_.store(false, std::memory_order_seq_cst);
+  // Read first, then clear the flag. Cleared first, a poster's write could land between the
+  // two and be swallowed by the read, leaving the flag set with nothing written: every later
+  // poster would skip its write and a sleeping loop would never hear of them. A post between
+  // the read and the clear is safe: it set remote_pending_, which we check before sleeping.
   eventfd_t v;
   (void)::eventfd_read(wake_fd_, &v);
+  wake_sent_.store(false, std::memory_order_seq_cst);
   if (signals_->watched != 0) process_signals();
 }
 
@@ -341,7 +373,9 @@ void io_loop::report_exception(const char* kind, const std::source_location& whe
 // --- Callbacks -------------------------------------------------------------------------------
 
 void io_loop::add_callback(unique_function<void()> fn, std::source_location where) {
-  if (in_loop_thread()) {
+  // The unlocked queue belongs to the thread inside run()/run_once(). Before the loop runs,
+  // every post takes the locked path: the thread that will run it may be starting right now.
+  if (on_running_thread()) {
     local_q_.push_back(queued_callback{std::move(fn), where});
     return;
   }
@@ -381,7 +415,10 @@ std::size_t io_loop::pending_callbacks() const noexcept {
 
 timer_handle io_loop::call_later(duration delay, unique_function<void()> fn,
                                  std::source_location where) {
-  return call_at(now() + delay, std::move(fn), where);
+  time_point t = now();
+  // Saturate: call_later(forever) must mean "never", not wrap around into the past.
+  time_point when = delay >= time_point::max() - t ? time_point::max() : t + delay;
+  return call_at(when, std::move(fn), where);
 }
 
 timer_handle io_loop::call_at(time_point when, unique_function<void()> fn,
@@ -418,14 +455,22 @@ void io_loop::add_handler(int fd, unsigned events, unique_function<void(int, uns
   if (events & ~(read | write))
     throw std::invalid_argument("squall: add_handler: events must be read and/or write");
   if (!handler) throw std::invalid_argument("squall: add_handler: empty handler");
-  detail::fd_entry& e = fds_->get(fd);
-  if (e.active)
+  if (detail::fd_entry* old = fds_->find(fd); old && old->active)
     throw_error(error::already_watched,
                 "squall: add_handler: fd " + std::to_string(fd) + " already has a handler");
+  // The backend first: it rejects fds that are not open (EBADF) before the table grows for them.
   if (events != 0) {
     if (int r = backend_->add(fd, events); r < 0)
       throw_errno(-r, "squall: add_handler: cannot watch fd " + std::to_string(fd));
   }
+  detail::fd_entry* ep;
+  try {
+    ep = &fds_->get(fd);
+  } catch (...) {
+    if (events != 0) backend_->remove(fd);
+    throw;
+  }
+  detail::fd_entry& e = *ep;
   e.handler = std::move(handler);
   e.where = where;
   e.events = events;
@@ -468,11 +513,18 @@ void io_loop::remove_handler(int fd) {
   }
   e->active = false;
   e->events = 0;
-  if (fds_->dispatching_fd == fd)
+  // The running handler (the first one removed for the fd being dispatched) must outlive its
+  // own call; any later one, added and removed inside that call, is not running.
+  if (fds_->dispatching_fd == fd && !fds_->zombie)
     fds_->zombie = std::move(e->handler);
   else
     e->handler.reset();
   --fds_->count;
+  // Reports for this fd still ahead in the batch being dispatched are about the fd that was
+  // just removed; if the number is reused (closed and re-opened), they must not reach the new
+  // handler.
+  for (int i = fds_->ready_pos + 1; i < fds_->ready_count; ++i)
+    if (fds_->ready[i].fd == fd) fds_->ready[i].fd = -1;
 }
 
 std::size_t io_loop::handler_count() const noexcept {
@@ -518,13 +570,17 @@ void io_loop::process_signals() {
   while (pending) {
     int signo = __builtin_ctzll(pending) + 1;
     pending &= pending - 1;
-    auto& h = signals_->handlers[signo];
+    // Moved out while it runs: the handler may remove (destroy) or replace itself.
+    auto h = std::move(signals_->handlers[signo]);
     if (!h) continue;
     try {
       h(signo);
     } catch (...) {
       report_exception("signal handler added", signals_->where[signo]);
     }
+    std::uint64_t bit = std::uint64_t{1} << (signo - 1);
+    if ((signals_->watched & bit) && !signals_->handlers[signo])
+      signals_->handlers[signo] = std::move(h);
   }
 }
 

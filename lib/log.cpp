@@ -87,7 +87,11 @@ void log(log_level level, const char* component, const char* fmt, ...) {
   std::size_t len = n < 0 ? 0 : static_cast<std::size_t>(n) < sizeof buf ? n : sizeof buf - 1;
   std::lock_guard<std::mutex> lock(sink_mutex());
   if (sink()) {
-    sink()(level, component, std::string_view(buf, len));
+    // Logging must never throw into the code that logs (often an error path already).
+    try {
+      sink()(level, component, std::string_view(buf, len));
+    } catch (...) {
+    }
   } else {
     std::fprintf(stderr, "[squall %s %s] %.*s\n", to_string(level), component,
                  static_cast<int>(len), buf);

@@ -3,13 +3,13 @@
 //
 // Why this shape: every connection arms and cancels timeouts, so both must be cheap at millions
 // of timers. A 4-ary heap is half as deep as a binary one and its four children share a cache
-// line (16-byte entries), which makes push and pop faster in practice than a binary heap. Each
+// line or two (24-byte entries), which makes push and pop faster than a binary heap. Each
 // slot remembers its heap position, so cancel is O(log n) with no search and no tombstones
 // (tombstones would let cancelled timers pile up). Slots are recycled through a free list, so
 // once the pool has grown to the peak number of timers nothing is allocated.
 //
-// Ties: timers with the same deadline pop in the order they were pushed (a 32-bit sequence
-// number, compared with wrap-around, breaks ties).
+// Ties: timers with the same deadline pop in the order they were pushed (a 64-bit sequence
+// number breaks ties; it never wraps in practice, where a 32-bit one could within minutes).
 #pragma once
 
 #include <cstdint>
@@ -73,7 +73,7 @@ class timer_heap {
  private:
   struct entry {
     std::int64_t when;
-    std::uint32_t seq;
+    std::uint64_t seq;
     std::uint32_t slot;
   };
   struct slot {
@@ -87,7 +87,7 @@ class timer_heap {
 
   static bool before(const entry& a, const entry& b) noexcept {
     if (a.when != b.when) return a.when < b.when;
-    return static_cast<std::int32_t>(a.seq - b.seq) < 0;
+    return a.seq < b.seq;
   }
 
   std::uint32_t alloc_slot() {
@@ -161,7 +161,7 @@ class timer_heap {
   std::vector<entry> heap_;
   std::vector<slot> slots_;
   std::uint32_t free_head_ = no_slot;
-  std::uint32_t seq_ = 0;
+  std::uint64_t seq_ = 0;
 };
 
 }  // namespace squall::detail

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -551,4 +552,206 @@ TEST_CASE("io_loop::current() is per thread") {
   t.join();
   CHECK(other != nullptr);
   CHECK(other != mine);
+}
+
+// --- Regressions from review: each of these failed (hang, use-after-free, wrong report) before
+// its fix.
+
+TEST_CASE("bursts of cross-thread posts are never left unheard by a sleeping loop") {
+  // Before the fix, the wake flag could be left set with nothing written to the eventfd, and
+  // every later post was skipped: the loop slept forever with callbacks queued.
+  io_loop* lp = nullptr;
+  std::atomic<bool> ready{false};
+  std::atomic<long> ran{0};
+  std::thread runner([&] {
+    io_loop loop(io_loop::options{.make_current = false});
+    lp = &loop;
+    ready = true;
+    loop.run();
+  });
+  while (!ready)
+    std::this_thread::yield();
+  io_loop& loop = *lp;
+  long posted = 0;
+  bool hung = false;
+  auto end = io_loop::now() + 2s;
+  for (int round = 0; round < 3000 && io_loop::now() < end && !hung; ++round) {
+    std::vector<std::thread> posters;
+    for (int p = 0; p < 2; ++p)
+      posters.emplace_back([&, p] {
+        for (int i = 0; i < 50; ++i) {
+          loop.add_callback([&] { ++ran; });
+          if ((i + p) % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(i % 5));
+        }
+      });
+    for (auto& t : posters)
+      t.join();
+    posted += 100;
+    auto deadline = io_loop::now() + 5s;
+    while (ran.load() != posted && io_loop::now() < deadline)
+      std::this_thread::sleep_for(50us);
+    hung = ran.load() != posted;
+  }
+  CHECK_FALSE(hung);
+  loop.stop();
+  runner.join();
+}
+
+TEST_CASE("stop() from the creating thread reaches a loop another thread just started") {
+  // Before the fix the creating thread took the unlocked path while the new thread was already
+  // iterating: a data race, and no wake-up, so run() never returned.
+  for (int round = 0; round < 300; ++round) {
+    io_loop loop(io_loop::options{.make_current = false});
+    std::atomic<bool> returned{false};
+    std::thread t([&] {
+      loop.run();
+      returned = true;
+    });
+    if (round % 2) std::this_thread::sleep_for(std::chrono::microseconds(round % 50));
+    loop.stop();
+    auto deadline = io_loop::now() + 5s;
+    while (!returned && io_loop::now() < deadline)
+      std::this_thread::sleep_for(100us);
+    REQUIRE(returned);
+    t.join();
+  }
+}
+
+TEST_CASE("a report for a removed fd is not delivered to a new handler on the reused number") {
+  io_loop loop;
+  int pb[2];
+  REQUIRE(::pipe2(pb, O_NONBLOCK | O_CLOEXEC) == 0);
+  int sa[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sa) == 0);
+  int old_fd = sa[0], fresh[2] = {-1, -1};
+  unsigned fresh_events = 0;
+  bool old_called = false;
+  loop.add_handler(old_fd, io_loop::read, [&](int, unsigned) { old_called = true; });
+  loop.add_handler(pb[0], io_loop::read, [&](int fd, unsigned) {
+    char c;
+    (void)::read(fd, &c, 1);
+    loop.remove_handler(old_fd);
+    ::close(old_fd);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fresh) == 0);
+    loop.add_handler(fresh[0], io_loop::read, [&](int, unsigned ev) { fresh_events = ev; });
+  });
+  loop.run_once(0ms);
+  REQUIRE(::write(pb[1], "x", 1) == 1);
+  ::close(sa[1]);  // the old fd's peer hangs up in the same iteration
+  loop.run_once(100ms);
+  INFO("old fd " << old_fd << ", fresh fd " << fresh[0]);
+  CHECK(fresh_events == 0);  // nothing was sent on the fresh socket, and it is not hung up
+  loop.remove_handler(pb[0]);
+  loop.remove_handler(fresh[0]);
+  for (int fd : {pb[0], pb[1], fresh[0], fresh[1]})
+    ::close(fd);
+  (void)old_called;
+}
+
+TEST_CASE("a handler that removes itself, re-adds and removes again does not free itself") {
+  io_loop loop;
+  pipe_pair p;
+  int calls = 0;
+  std::function<void(int, unsigned)> again = [](int, unsigned) {};
+  loop.add_handler(p.r, io_loop::read, [&, big = std::string(100, 'x')](int fd, unsigned) {
+    ++calls;
+    loop.remove_handler(fd);
+    loop.add_handler(fd, io_loop::read, [](int, unsigned) {});
+    loop.remove_handler(fd);
+    CHECK(big.size() == 100);  // our captures are still alive (ASan would catch otherwise)
+  });
+  REQUIRE(::write(p.w, "x", 1) == 1);
+  CHECK(run_until(loop, [&] { return calls == 1; }));
+  CHECK(loop_is_clean(loop));
+}
+
+TEST_CASE("stop() while driven by run_once does not leave the loop spinning") {
+  io_loop loop;
+  loop.stop();
+  loop.run_once(0ms);
+  CHECK(loop.backend_timeout_ms() == -1);  // nothing to do: the host may sleep
+  auto t0 = io_loop::now();
+  loop.run_once(30ms);
+  CHECK(io_loop::now() - t0 >= 25ms);  // it blocked instead of returning at once
+}
+
+TEST_CASE("odd timeouts: a negative wait does not block, a forever delay never fires") {
+  io_loop loop;
+  auto t0 = io_loop::now();
+  loop.run_once(-5s);
+  CHECK(io_loop::now() - t0 < 1s);
+  bool fired = false;
+  auto h = loop.call_later(io_loop::forever, [&] { fired = true; });
+  loop.run_once(5ms);
+  CHECK_FALSE(fired);
+  CHECK(h.pending());
+  CHECK(loop.backend_timeout_ms() > 1000);
+  h.cancel();
+}
+
+TEST_CASE("both backends refuse regular files and closed fds the same way") {
+  io_loop loop;
+  char path[] = "/tmp/squall-regular-XXXXXX";
+  int file = ::mkstemp(path);
+  REQUIRE(file >= 0);
+  ::unlink(path);
+  try {
+    loop.add_handler(file, io_loop::read, [](int, unsigned) {});
+    FAIL("a regular file was accepted");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::operation_not_permitted);
+  }
+  ::close(file);
+  try {
+    loop.add_handler(file, io_loop::read, [](int, unsigned) {});
+    FAIL("a closed fd was accepted");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::bad_file_descriptor);
+  }
+  CHECK(loop_is_clean(loop));
+}
+
+TEST_CASE("a signal handler may remove itself while it runs") {
+  io_loop loop;
+  int calls = 0;
+  loop.add_signal_handler(SIGUSR1, [&, big = std::string(100, 'y')](int) {
+    ++calls;
+    loop.remove_signal_handler(SIGUSR1);
+    CHECK(big.size() == 100);
+  });
+  ::raise(SIGUSR1);
+  CHECK(run_until(loop, [&] { return calls == 1; }));
+  CHECK(loop_is_clean(loop));
+}
+
+TEST_CASE("a throwing log sink does not make callbacks run twice") {
+  squall::set_log_sink([](squall::log_level, std::string_view, std::string_view) {
+    throw std::runtime_error("sink exploded");
+  });
+  io_loop loop;
+  int a = 0;
+  loop.add_callback([&] { ++a; });
+  loop.add_callback([] { throw std::runtime_error("logged through the bad sink"); });
+  loop.run_once(0ms);
+  loop.run_once(0ms);
+  squall::set_log_sink(nullptr);
+  CHECK(a == 1);
+}
+
+TEST_CASE("io_loop::current() gives back the same default loop after another was current") {
+  io_loop* def = nullptr;
+  std::thread t([&] {
+    io_loop& first = io_loop::current();
+    {
+      io_loop other;  // becomes current only if none is: make it so explicitly
+      other.make_current();
+      CHECK(&io_loop::current() == &other);
+    }
+    def = &io_loop::current();
+    CHECK(def == &first);
+    first.add_callback([] {});  // still alive
+    first.run_once(0ms);
+  });
+  t.join();
+  CHECK(def != nullptr);
 }

@@ -255,6 +255,7 @@ class io_loop {
   void drain_wakeups();
   void process_signals();
   void check_thread(const char* what) const;
+  bool on_running_thread() const noexcept;
   void post_remote(queued_callback cb);
   void wake();
   void enter_run();
@@ -294,6 +295,7 @@ class io_loop {
   std::vector<std::pair<const void*, std::unique_ptr<extension>>> extensions_;
 
   std::atomic<std::uintptr_t> owner_thread_{0};
+  std::atomic<std::uintptr_t> running_thread_{0};  // the thread inside run()/run_once(), or 0
   bool running_ = false;
   bool stop_requested_ = false;
   bool destroying_ = false;

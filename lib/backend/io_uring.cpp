@@ -12,6 +12,7 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,11 +25,14 @@ namespace {
 
 constexpr unsigned ring_entries = 256;
 
-// user_data layout. 0 marks completions nobody waits for (poll removals). Bit 63 marks a
-// readiness poll: fd in bits 0-31, generation in bits 32-62. Other values are kept free for
-// per-operation records (pointers) when the data path moves onto the ring.
-constexpr std::uint64_t poll_tag = std::uint64_t{1} << 63;
-constexpr std::uint64_t gen_mask = (std::uint64_t{1} << 31) - 1;
+// user_data layout. 0 marks completions nobody waits for (poll removals). The top two bits 01
+// mark a readiness poll: fd in bits 0-31, generation in bits 32-61. Other values are kept free
+// for per-operation records (pointers, whose top bits are 00). liburing's own internal timeout
+// (LIBURING_UDATA_TIMEOUT, all ones, used on kernels before 5.11) has top bits 11 and is
+// ignored.
+constexpr std::uint64_t tag_mask = std::uint64_t{3} << 62;
+constexpr std::uint64_t poll_tag = std::uint64_t{1} << 62;
+constexpr std::uint64_t gen_mask = (std::uint64_t{1} << 30) - 1;
 
 std::uint64_t poll_data(int fd, std::uint32_t gen) {
   return poll_tag | ((std::uint64_t{gen} & gen_mask) << 32) | static_cast<std::uint32_t>(fd);
@@ -69,7 +73,18 @@ class io_uring_backend final : public backend {
   backend_kind kind() const noexcept override { return backend_kind::io_uring; }
 
   int add(int fd, unsigned events) noexcept override {
-    if (static_cast<std::size_t>(fd) >= fds_.size()) fds_.resize(static_cast<std::size_t>(fd) + 1);
+    // Refuse what epoll refuses, so both backends agree: fds that are not open (EBADF), and
+    // regular files and directories (EPERM), which a poll would report ready forever.
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return -errno;
+    if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
+    if (static_cast<std::size_t>(fd) >= fds_.size()) {
+      try {
+        fds_.resize(static_cast<std::size_t>(fd) + 1);
+      } catch (...) {
+        return -ENOMEM;
+      }
+    }
     fd_state& s = fds_[static_cast<std::size_t>(fd)];
     s.interest = events;
     s.gen = (s.gen + 1) & gen_mask;
@@ -84,7 +99,7 @@ class io_uring_backend final : public backend {
   }
 
   int remove(int fd) noexcept override {
-    if (static_cast<std::size_t>(fd) >= fds_.size()) return -ENOENT;
+    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return -ENOENT;
     fd_state& s = fds_[static_cast<std::size_t>(fd)];
     disarm(s, fd);
     s.interest = 0;
@@ -163,12 +178,15 @@ class io_uring_backend final : public backend {
     s.gen = (s.gen + 1) & gen_mask;
   }
 
+  // Re-arms the one-shot polls that fired. One that cannot be armed now (no SQE even after a
+  // submit) stays on the list for the next wait instead of going silent.
   void rearm_reported() noexcept {
+    std::size_t keep = 0;
     for (int fd : reported_) {
       fd_state& s = fds_[static_cast<std::size_t>(fd)];
-      if (s.interest != 0 && !s.armed) arm(fd, s);
+      if (s.interest != 0 && !s.armed && arm(fd, s) < 0) reported_[keep++] = fd;
     }
-    reported_.clear();
+    reported_.resize(keep);
   }
 
   int submit_and_wait(std::int64_t timeout_ns) noexcept {
@@ -190,13 +208,20 @@ class io_uring_backend final : public backend {
       if (n == capacity) break;  // the rest stay in the CQ for the next wait
       ++seen;
       std::uint64_t ud = cqe->user_data;
-      if (!(ud & poll_tag)) continue;
-      int fd = static_cast<int>(ud & 0xffffffffu);
+      if ((ud & tag_mask) != poll_tag) continue;
+      std::uint32_t fd_bits = static_cast<std::uint32_t>(ud & 0xffffffffu);
+      if (fd_bits >= fds_.size()) continue;
+      int fd = static_cast<int>(fd_bits);
       std::uint32_t gen = static_cast<std::uint32_t>((ud >> 32) & gen_mask);
-      fd_state& s = fds_[static_cast<std::size_t>(fd)];
+      fd_state& s = fds_[fd_bits];
       if (s.gen != gen || !s.armed) continue;  // stale: changed or removed since submission
       s.armed = false;
-      reported_.push_back(fd);
+      try {
+        reported_.push_back(fd);
+      } catch (...) {
+        s.armed = true;  // cannot track the re-arm: leave it as if armed rather than lose it
+        continue;
+      }
       out[n++] = ready_event{fd, from_poll(cqe->res, s.interest)};
     }
     io_uring_cq_advance(&ring_, seen);
