@@ -26,7 +26,9 @@ constexpr int max_ready = 256;
 constexpr int callback_rounds = 16;
 
 struct fd_entry {
-  unique_function<void(int, unsigned)> handler;
+  // Boxed, so that moving it to the zombie slot (a handler removing itself) leaves the running
+  // callable where it is: unique_function relocates small targets when it moves.
+  std::unique_ptr<unique_function<void(int, unsigned)>> handler;
   std::source_location where;
   unsigned events = 0;
   bool active = false;
@@ -41,7 +43,7 @@ struct fd_table {
   int dispatching_fd = -1;
   // The handler of the fd being dispatched, if that handler removed itself: destroyed after it
   // returns, not under its own feet.
-  unique_function<void(int, unsigned)> zombie;
+  std::unique_ptr<unique_function<void(int, unsigned)>> zombie;
   ready_event ready[max_ready];
   int ready_pos = 0;    // index being dispatched in `ready`
   int ready_count = 0;  // entries of `ready` in the batch being dispatched (0 outside dispatch)
@@ -300,7 +302,7 @@ void io_loop::run_ready_events(int n) {
     if (mask == 0) continue;
     fds_->dispatching_fd = ev.fd;
     try {
-      e->handler(ev.fd, mask);
+      (*e->handler)(ev.fd, mask);
     } catch (...) {
       report_exception("fd handler added", e->where);
     }
@@ -464,14 +466,16 @@ void io_loop::add_handler(int fd, unsigned events, unique_function<void(int, uns
       throw_errno(-r, "squall: add_handler: cannot watch fd " + std::to_string(fd));
   }
   detail::fd_entry* ep;
+  std::unique_ptr<unique_function<void(int, unsigned)>> box;
   try {
+    box = std::make_unique<unique_function<void(int, unsigned)>>(std::move(handler));
     ep = &fds_->get(fd);
   } catch (...) {
     if (events != 0) backend_->remove(fd);
     throw;
   }
   detail::fd_entry& e = *ep;
-  e.handler = std::move(handler);
+  e.handler = std::move(box);
   e.where = where;
   e.events = events;
   e.active = true;
