@@ -61,6 +61,18 @@ struct fd_table {
   }
 };
 
+backend& backend_of(io_loop& loop) noexcept {
+  return *loop.backend_;
+}
+
+// An io_completion is going away (its socket was closed): reports for it still ahead in the
+// batch being dispatched must not reach it.
+void forget_io(io_loop& loop, io_completion* io) noexcept {
+  fd_table& t = *loop.fds_;
+  for (int i = t.ready_pos + 1; i < t.ready_count; ++i)
+    if (t.ready[i].io == io) t.ready[i] = ready_event{};
+}
+
 }  // namespace detail
 
 namespace {
@@ -290,6 +302,11 @@ void io_loop::run_ready_events(int n) {
   for (int i = 0; i < n; ++i) {
     fds_->ready_pos = i;
     const detail::ready_event& ev = fds_->ready[i];
+    if (ev.io) {
+      // Fiber I/O: readiness of a registered socket, or a finished io_uring operation.
+      ev.io->complete(ev.io, ev.events, ev.res, ev.flags);
+      continue;
+    }
     if (ev.fd == wake_fd_) {
       drain_wakeups();
       continue;

@@ -31,9 +31,11 @@
 //     records the time and calls uv_stop(). Time from the start point to the last fire, / N.
 //   callbacks: libuv has no same-thread "post a callback" call, so the nearest is a uv_idle_t
 //     whose callback counts and stops the idle handle at M = 10,000,000 runs. It runs once per
-//     loop iteration, and an idle handle makes the loop poll with timeout 0. libuv 1.44 returns
-//     from uv__io_poll() without calling epoll_wait when no fd is watched; this loop watches
-//     none (no async, signal or I/O handles), so the iteration makes no syscall at all.
+//     loop iteration, and an active idle handle makes the loop poll with timeout 0. libuv skips
+//     the epoll_wait call only when no fd is watched, but libuv 1.44's uv_loop_init() already
+//     watches two of its own (the signal pipe and the async eventfd; see strace), so every
+//     iteration, hence every idle callback, costs one epoll_wait(..., 0) syscall. That is what
+//     a libuv program pays for a per-iteration callback; there is no cheaper same-thread post.
 //     ns per callback.
 //   wakeup: cross-thread wake-up latency. The loop runs on the main thread pinned to CPU 0; a
 //     poster thread pinned to CPU 1 (if pinning fails we go on and say so on stderr). For each

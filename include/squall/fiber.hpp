@@ -39,7 +39,7 @@ namespace squall {
 
 // Per-fiber settings.
 struct fiber_options {
-  std::string name;            // shown in logs and dumps; default "fiber-<id>"
+  std::string name{};          // shown in logs and dumps; default "fiber-<id>"
   std::size_t stack_size = 0;  // bytes; 0 means the loop's fiber_config::stack_size
 };
 

@@ -34,11 +34,16 @@
 
 namespace squall {
 
+class io_loop;
+
 namespace detail {
 class backend;
 class timer_heap;
 struct fd_table;
 struct signal_slot;
+struct io_completion;
+backend& backend_of(io_loop& loop) noexcept;
+void forget_io(io_loop& loop, io_completion* io) noexcept;
 }  // namespace detail
 
 // The loop's clock: monotonic, nanosecond resolution.
@@ -50,8 +55,6 @@ enum class backend_kind { automatic, io_uring, epoll, kqueue };
 
 // "io_uring", "epoll", "kqueue" or "automatic".
 const char* to_string(backend_kind kind) noexcept;
-
-class io_loop;
 
 // A cancellable reference to a scheduled timer. Cheap to copy; it owns nothing, so dropping it
 // does not cancel the timer. Once the timer has fired or been cancelled, the handle is stale and
@@ -242,6 +245,8 @@ class io_loop {
 
  private:
   friend class timer_handle;
+  friend detail::backend& detail::backend_of(io_loop& loop) noexcept;
+  friend void detail::forget_io(io_loop& loop, detail::io_completion* io) noexcept;
   struct queued_callback {
     unique_function<void()> fn;
     std::source_location where;

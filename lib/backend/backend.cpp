@@ -12,6 +12,29 @@
 
 namespace squall::detail {
 
+// Readiness backends never queue operations.
+int backend::submit_recv(int, void*, std::size_t, int, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_sendmsg(int, const msghdr*, int, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_recvmsg(int, msghdr*, int, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_accept(int, sockaddr*, unsigned*, int, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_connect(int, const sockaddr*, unsigned, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_poll(int, unsigned, io_completion*) noexcept {
+  return -ENOSYS;
+}
+int backend::submit_cancel(io_completion*) noexcept {
+  return -ENOSYS;
+}
+
 #if !SQUALL_HAVE_IO_URING
 std::unique_ptr<backend> make_io_uring_backend(int& err) {
   err = ENOSYS;

@@ -7,17 +7,33 @@
 // from one thread at a time (the loop's).
 #pragma once
 
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+
+struct msghdr;
+struct sockaddr;
 
 #include "squall/io_loop.hpp"
 
 namespace squall::detail {
 
-// One ready fd: `events` is a mask of io_loop::read / write / error.
+// The fiber I/O seam's completion record. Readiness backends report an fd registered with
+// add_io() to it (`events`); completion backends report a finished operation to it (`res` is
+// the operation's result or -errno, `flags` the CQE flags). Called on the loop's thread.
+struct io_completion {
+  void (*complete)(io_completion* self, unsigned events, int res, unsigned flags) = nullptr;
+};
+
+// One report from wait(): a ready fd with an fd handler (`io` null; `events` is a mask of
+// io_loop::read / write / error), or an event for an io_completion (`io` set).
 struct ready_event {
-  int fd;
-  unsigned events;
+  int fd = -1;
+  unsigned events = 0;
+  io_completion* io = nullptr;
+  int res = 0;
+  unsigned flags = 0;
 };
 
 class backend {
@@ -45,7 +61,46 @@ class backend {
   // An fd that is readable whenever wait() would find something. Created on first call where it
   // costs something to keep (io_uring). Returns -errno on failure.
   virtual int pollable_fd() noexcept = 0;
+
+  // --- The fiber I/O seam ---------------------------------------------------------------------
+  // Readiness backends (epoll, kqueue) try the syscall in the calling fiber and, on EAGAIN, wait
+  // for the readiness that add_io() reports. Completion backends (io_uring) queue the operation
+  // itself with submit_*() and report its result. Each backend does what it is good at; the
+  // fiber layer (async_fd.cpp) picks the path with completion_based().
+
+  virtual bool completion_based() const noexcept { return false; }
+
+  // Readiness: watch `fd` for read and write readiness, edge-triggered, registered once for the
+  // fd's life (an epoll_ctl per operation would double the syscalls). Reports go to `io`.
+  virtual int add_io(int fd, io_completion* io) noexcept {
+    (void)fd, (void)io;
+    return -ENOSYS;
+  }
+  virtual int remove_io(int fd) noexcept {
+    (void)fd;
+    return -ENOSYS;
+  }
+
+  // Completion: queue an operation whose result goes to `op`. The operation reaches the kernel
+  // with the next wait(). -errno if it cannot be queued.
+  virtual int submit_recv(int fd, void* buf, std::size_t len, int flags,
+                          io_completion* op) noexcept;
+  virtual int submit_sendmsg(int fd, const struct msghdr* msg, int flags,
+                             io_completion* op) noexcept;
+  virtual int submit_recvmsg(int fd, struct msghdr* msg, int flags, io_completion* op) noexcept;
+  virtual int submit_accept(int fd, struct sockaddr* addr, unsigned* addrlen, int flags,
+                            io_completion* op) noexcept;
+  virtual int submit_connect(int fd, const struct sockaddr* addr, unsigned addrlen,
+                             io_completion* op) noexcept;
+  // One-shot readiness of `fd` (io_loop::read / write) as an operation.
+  virtual int submit_poll(int fd, unsigned events, io_completion* op) noexcept;
+  // Asks the kernel to cancel `op`; `op` still gets its completion (-ECANCELED, or its result if
+  // it finished first).
+  virtual int submit_cancel(io_completion* op) noexcept;
 };
+
+// The backend of `loop` (for the fiber I/O layer).
+backend& backend_of(io_loop& loop) noexcept;
 
 // Builds the backend `kind` names (never automatic). Returns nullptr and sets `err` (an errno
 // value, or ENOSYS for a backend not compiled in) if it cannot be set up.

@@ -16,6 +16,10 @@ namespace {
 
 constexpr int max_batch = 256;
 
+// epoll_event.data of an fd handler has bit 63 set; that of a fiber I/O registration is a
+// pointer to its io_completion.
+constexpr std::uint64_t handler_tag = std::uint64_t{1} << 63;
+
 std::uint32_t to_epoll(unsigned events) {
   std::uint32_t e = 0;
   if (events & io_loop::read) e |= EPOLLIN | EPOLLRDHUP;
@@ -53,14 +57,32 @@ class epoll_backend final : public backend {
     n = epoll_wait_ns(evs, n, timeout_ns);
     if (n < 0) return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; ++i) {
-      // The interest mask rides in the upper half of data.u64 so that error reports can carry
-      // it without a lookup (see ctl()).
-      int fd = static_cast<int>(evs[i].data.u64 & 0xffffffffu);
-      unsigned interest = static_cast<unsigned>(evs[i].data.u64 >> 32);
-      out[i] = ready_event{fd, from_epoll(evs[i].events, interest)};
+      std::uint64_t d = evs[i].data.u64;
+      if (d & handler_tag) {
+        // An fd handler: the interest mask rides above the fd so that error reports can carry
+        // it without a lookup (see ctl()).
+        int fd = static_cast<int>(d & 0xffffffffu);
+        unsigned interest = static_cast<unsigned>((d & ~handler_tag) >> 32);
+        out[i] = ready_event{fd, from_epoll(evs[i].events, interest)};
+      } else {
+        // A fiber I/O registration: data is its io_completion.
+        ready_event ev;
+        ev.events = from_epoll(evs[i].events, io_loop::read | io_loop::write);
+        ev.io = static_cast<io_completion*>(evs[i].data.ptr);
+        out[i] = ev;
+      }
     }
     return n;
   }
+
+  int add_io(int fd, io_completion* io) noexcept override {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = io;  // user-space pointers never have bit 63 set
+    return ::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+  }
+
+  int remove_io(int fd) noexcept override { return remove(fd); }
 
   int pollable_fd() noexcept override { return epfd_; }
 
@@ -68,7 +90,7 @@ class epoll_backend final : public backend {
   int ctl(int op, int fd, unsigned events) noexcept {
     epoll_event ev{};
     ev.events = to_epoll(events);
-    ev.data.u64 = static_cast<std::uint32_t>(fd) | (std::uint64_t{events} << 32);
+    ev.data.u64 = handler_tag | static_cast<std::uint32_t>(fd) | (std::uint64_t{events} << 32);
     return ::epoll_ctl(epfd_, op, fd, &ev) == 0 ? 0 : -errno;
   }
 

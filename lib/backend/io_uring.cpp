@@ -12,6 +12,7 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -126,6 +127,69 @@ class io_uring_backend final : public backend {
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
   }
 
+  // --- Fiber I/O: operations on the ring ------------------------------------------------------
+
+  bool completion_based() const noexcept override { return true; }
+
+  int submit_recv(int fd, void* buf, std::size_t len, int flags,
+                  io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv(sqe, fd, buf, len, flags);
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_sendmsg(int fd, const msghdr* msg, int flags, io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_sendmsg(sqe, fd, msg, static_cast<unsigned>(flags));
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_recvmsg(int fd, msghdr* msg, int flags, io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recvmsg(sqe, fd, msg, static_cast<unsigned>(flags));
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_accept(int fd, sockaddr* addr, unsigned* addrlen, int flags,
+                    io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_accept(sqe, fd, addr, reinterpret_cast<socklen_t*>(addrlen), flags);
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_connect(int fd, const sockaddr* addr, unsigned addrlen,
+                     io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_connect(sqe, fd, addr, addrlen);
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_poll(int fd, unsigned events, io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, to_poll(events));
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+  }
+
+  int submit_cancel(io_completion* op) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel(sqe, op, 0);
+    io_uring_sqe_set_data64(sqe, 0);  // the cancel's own completion is not interesting
+    return 0;
+  }
+
   int pollable_fd() noexcept override {
     if (event_fd_ >= 0) return event_fd_;
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -208,6 +272,15 @@ class io_uring_backend final : public backend {
       if (n == capacity) break;  // the rest stay in the CQ for the next wait
       ++seen;
       std::uint64_t ud = cqe->user_data;
+      if ((ud & tag_mask) == 0 && ud != 0) {
+        // A fiber I/O operation: user_data is its io_completion.
+        ready_event ev;
+        ev.io = reinterpret_cast<io_completion*>(static_cast<std::uintptr_t>(ud));
+        ev.res = cqe->res;
+        ev.flags = cqe->flags;
+        out[n++] = ev;
+        continue;
+      }
       if ((ud & tag_mask) != poll_tag) continue;
       std::uint32_t fd_bits = static_cast<std::uint32_t>(ud & 0xffffffffu);
       if (fd_bits >= fds_.size()) continue;

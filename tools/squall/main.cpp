@@ -6,13 +6,16 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
 
 #include "squall/config.hpp"
+#include "squall/fiber.hpp"
 #include "squall/io_loop.hpp"
 #include "squall/log.hpp"
+#include "squall/tcp_server.hpp"
 
 namespace {
 
@@ -22,6 +25,7 @@ void usage(std::FILE* out) {
                "\n"
                "commands:\n"
                "  serve [--backend io_uring|epoll]   run a loop until SIGINT/SIGTERM\n"
+               "  echo [--port N] [--host H]         a TCP echo server (default 127.0.0.1:8007)\n"
                "  version                            print the version and the backends built\n"
                "  help                               this text\n");
 }
@@ -44,6 +48,64 @@ bool parse_backend(std::string_view s, squall::backend_kind& out) {
   return false;
 }
 
+// SIGINT/SIGTERM stop the loop; SIGUSR1 prints every live fiber and what it waits for.
+void add_signal_handlers(squall::io_loop& loop) {
+  auto quit = [&loop](int signo) {
+    squall::log(squall::log_level::info, "squall", "%s: stopping", strsignal(signo));
+    loop.stop();
+  };
+  loop.add_signal_handler(SIGINT, quit);
+  loop.add_signal_handler(SIGTERM, quit);
+  loop.add_signal_handler(SIGUSR1, [&loop](int) {
+    std::string dump = squall::dump_fibers(loop);
+    std::fprintf(stderr, "--- %zu live fibers ---\n%s---\n", squall::fiber_count(loop),
+                 dump.c_str());
+  });
+}
+
+void remove_signal_handlers(squall::io_loop& loop) {
+  for (int s : {SIGINT, SIGTERM, SIGUSR1})
+    loop.remove_signal_handler(s);
+}
+
+// The smallest complete squall server: each connection echoes what it reads, in its own fiber.
+int cmd_echo(int argc, char** argv) {
+  std::string host = "127.0.0.1";
+  long port = 8007;
+  for (int i = 0; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--port" && i + 1 < argc) {
+      port = std::strtol(argv[++i], nullptr, 10);
+    } else if (a == "--host" && i + 1 < argc) {
+      host = argv[++i];
+    } else {
+      std::fprintf(stderr, "squall echo: unknown option '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  if (port < 0 || port > 65535) {
+    std::fprintf(stderr, "squall echo: bad port %ld\n", port);
+    return 2;
+  }
+  squall::io_loop loop;
+  squall::tcp_server server(loop, [](squall::io_stream& s, const squall::address&) {
+    for (;;) {
+      std::string_view data = s.read_some();
+      if (data.empty()) return;  // the peer closed
+      s.write(data);             // sent when the next read has to wait
+    }
+  });
+  server.listen(static_cast<std::uint16_t>(port), host);
+  for (const auto& a : server.addresses())
+    std::printf("squall echo listening on %s (%s backend)\n", a.to_string().c_str(),
+                loop.backend_name());
+  std::fflush(stdout);
+  add_signal_handlers(loop);
+  loop.run();
+  remove_signal_handlers(loop);
+  return 0;
+}
+
 int cmd_serve(int argc, char** argv) {
   squall::io_loop::options opts;
   for (int i = 0; i < argc; ++i) {
@@ -60,18 +122,12 @@ int cmd_serve(int argc, char** argv) {
     }
   }
   squall::io_loop loop(opts);
-  auto quit = [&loop](int signo) {
-    squall::log(squall::log_level::info, "serve", "%s: stopping", strsignal(signo));
-    loop.stop();
-  };
-  loop.add_signal_handler(SIGINT, quit);
-  loop.add_signal_handler(SIGTERM, quit);
+  add_signal_handlers(loop);
   std::printf("squall %s serving on the %s backend (Ctrl-C to stop)\n", SQUALL_VERSION,
               loop.backend_name());
   std::fflush(stdout);
   loop.run();
-  loop.remove_signal_handler(SIGINT);
-  loop.remove_signal_handler(SIGTERM);
+  remove_signal_handlers(loop);
   return 0;
 }
 
@@ -85,6 +141,7 @@ int main(int argc, char** argv) {
   std::string_view cmd = argv[1];
   try {
     if (cmd == "serve") return cmd_serve(argc - 2, argv + 2);
+    if (cmd == "echo") return cmd_echo(argc - 2, argv + 2);
     if (cmd == "version" || cmd == "--version") return cmd_version();
     if (cmd == "help" || cmd == "--help" || cmd == "-h") {
       usage(stdout);

@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: MIT
+// async_fd: an fd owned by a loop, with operations that suspend the calling fiber until done.
+//
+// This is the seam between fibers and backends. On epoll (and kqueue) each call tries the
+// syscall first, which usually succeeds on a busy socket, and only on EAGAIN waits for the
+// readiness reported by an edge-triggered registration made once, when the fd is adopted. On
+// io_uring each call is an operation on the ring: the fiber suspends and resumes on its
+// completion. Both give the same results.
+//
+// Every call takes an absolute deadline (default: never), must run in a fiber on the fd's loop,
+// and throws std::system_error: error::timed_out, error::cancelled, error::closed (the fd was
+// closed by another fiber while this one waited), error::reset (ECONNRESET, EPIPE), or the
+// errno the kernel gave (ECONNREFUSED, ...). A cancelled or timed-out io_uring operation is
+// cancelled in the kernel and its completion awaited before the call returns, so no operation
+// outlives the buffer it was given; data it had already received is returned, not lost.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <memory>
+
+#include "squall/fiber.hpp"
+#include "squall/net.hpp"
+
+namespace squall {
+
+namespace detail {
+struct fd_state;
+}
+
+class async_fd {
+ public:
+  async_fd() noexcept;
+  // Adopts `fd` (closes it on destruction) and registers it with `loop`'s backend.
+  async_fd(io_loop& loop, int fd);
+  async_fd(async_fd&&) noexcept;
+  async_fd& operator=(async_fd&&) noexcept;
+  ~async_fd();
+
+  bool is_open() const noexcept;
+  int fd() const noexcept;
+  io_loop& loop() const;
+
+  // Closes the fd. Fibers waiting on it end with error::closed. Idempotent.
+  void close() noexcept;
+  // Unregisters and gives the fd back without closing it.
+  int release() noexcept;
+
+  // Reads up to `len` bytes; returns how many, 0 at end of stream.
+  std::size_t read_some(void* buf, std::size_t len, time_point deadline = time_point::max());
+  // Writes some of the buffers (at least one byte unless all are empty); returns how many bytes.
+  std::size_t write_some(const iovec* iov, int iovcnt, time_point deadline = time_point::max());
+  std::size_t write_some(const void* buf, std::size_t len, time_point deadline = time_point::max());
+  // Writes everything (looping over partial writes).
+  void write_all(const iovec* iov, int iovcnt, time_point deadline = time_point::max());
+
+  // Accepts a connection on a listening socket: returns the new fd (non-blocking, close-on-exec)
+  // and sets `peer` if given.
+  int accept(address* peer = nullptr, time_point deadline = time_point::max());
+  // Connects a socket.
+  void connect(const address& to, time_point deadline = time_point::max());
+
+  // Datagrams.
+  std::size_t recv_from(void* buf, std::size_t len, address* from,
+                        time_point deadline = time_point::max());
+  std::size_t send_to(const void* buf, std::size_t len, const address& to,
+                      time_point deadline = time_point::max());
+
+  // Waits until the fd is readable / writable.
+  void wait_readable(time_point deadline = time_point::max());
+  void wait_writable(time_point deadline = time_point::max());
+
+ private:
+  std::unique_ptr<detail::fd_state> st_;
+};
+
+}  // namespace squall

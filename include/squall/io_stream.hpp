@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: MIT
+// io_stream: buffered reads and writes over a connected socket, for code running in a fiber.
+//
+//   squall::io_stream s(loop, fd);
+//   std::string_view line = s.read_until("\r\n", 8192);   // a view into the stream's buffer
+//   s.write("echo: ");
+//   s.write(line);
+//   s.flush();
+//
+// Reads return views into the stream's read buffer, valid until the next read call on the
+// stream: the common path copies nothing. Writes are buffered: write() appends and only sends
+// once the unsent data passes `write_high_water` (then the fiber waits until it is sent:
+// backpressure); flush() sends everything. A read that has to wait for the peer sends pending
+// writes first, so a request/response exchange never deadlocks on unsent data, and pipelined
+// responses go out in one send.
+//
+// Errors (std::system_error): error::closed (end of stream where bytes were required, or the
+// stream was closed), error::reset (connection reset by peer), error::timed_out (a deadline or
+// the idle timeout), error::buffer_full (max_bytes or max_buffer_size exceeded; the buffered
+// data stays readable), error::cancelled (the fiber was cancelled). Each read/write call must be
+// made from a fiber on the stream's loop; one fiber reads and one writes at a time.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string_view>
+
+#include "squall/async_fd.hpp"
+
+namespace squall {
+
+struct io_stream_options {
+  // Largest read buffer (Tornado's max_buffer_size).
+  std::size_t max_buffer_size = 100 * 1024 * 1024;
+  // Bytes asked of the kernel per read.
+  std::size_t read_chunk = 64 * 1024;
+  // write() sends once this much is buffered, waiting until it is sent.
+  std::size_t write_high_water = 64 * 1024;
+  // If non-zero, any single wait for the peer longer than this fails with error::timed_out.
+  duration idle_timeout = duration::zero();
+};
+
+class io_stream {
+ public:
+  io_stream() = default;
+  // Adopts a connected socket (or pipe).
+  io_stream(io_loop& loop, int fd, io_stream_options opts = {});
+  explicit io_stream(async_fd fd, io_stream_options opts = {});
+  io_stream(io_stream&&) noexcept;
+  io_stream& operator=(io_stream&&) noexcept;
+  ~io_stream();
+
+  // --- Reading (each call invalidates the view the previous read returned) ---------------------
+
+  // Returns what is buffered, or reads once if nothing is; an empty view means end of stream.
+  std::string_view read_some(time_point deadline = time_point::max());
+  // Exactly `n` bytes. error::closed if the stream ends first.
+  std::string_view read_exactly(std::size_t n, time_point deadline = time_point::max());
+  // Up to and including the first `delimiter`. error::buffer_full if `max_bytes` pass without
+  // it (the bytes stay buffered), error::closed if the stream ends first.
+  std::string_view read_until(std::string_view delimiter, std::size_t max_bytes,
+                              time_point deadline = time_point::max());
+  // Everything until the peer closes. error::buffer_full past `max_bytes`.
+  std::string_view read_until_close(std::size_t max_bytes, time_point deadline = time_point::max());
+  // Bytes buffered and not yet returned by a read.
+  std::size_t buffered() const noexcept { return rend_ - rpos_; }
+
+  // --- Writing ---------------------------------------------------------------------------------
+
+  void write(std::string_view data, time_point deadline = time_point::max());
+  // Several pieces, sent together when they pass the high-water mark.
+  void write(std::span<const std::string_view> pieces, time_point deadline = time_point::max());
+  // Sends everything buffered.
+  void flush(time_point deadline = time_point::max());
+  std::size_t pending_write() const noexcept { return wlen_; }
+
+  // --- Connection ------------------------------------------------------------------------------
+
+  // Flushes (bounded by `deadline`, errors ignored) and closes. `reason` is logged at debug
+  // level. Idempotent. The destructor closes without flushing.
+  void close(std::string_view reason = {}, time_point flush_deadline = time_point::max());
+  // Sends what is buffered, then shuts down the write side (the peer reads end of stream).
+  void shutdown_write(time_point deadline = time_point::max());
+  void set_nodelay(bool on);
+  bool closed() const noexcept { return !fd_.is_open(); }
+  int fd() const noexcept { return fd_.fd(); }
+  async_fd& handle() noexcept { return fd_; }
+  const io_stream_options& options() const noexcept { return opts_; }
+
+ private:
+  void consume_previous() noexcept;
+  bool fill(time_point deadline);  // reads once more; false at end of stream
+  void reserve_read(std::size_t extra);
+  time_point wait_deadline(time_point deadline) const noexcept;
+  void send_all(const iovec* iov, int n, time_point deadline);
+
+  async_fd fd_;
+  io_stream_options opts_;
+  // Read buffer: [rbuf_, rbuf_ + rcap_), unread bytes in [rpos_, rend_). `rtake_` bytes at rpos_
+  // were returned by the last read and are dropped at the start of the next one.
+  char* rbuf_ = nullptr;
+  std::size_t rcap_ = 0, rpos_ = 0, rend_ = 0, rtake_ = 0;
+  bool eof_ = false;
+  // Write buffer: [wbuf_, wbuf_ + wlen_).
+  char* wbuf_ = nullptr;
+  std::size_t wcap_ = 0, wlen_ = 0;
+};
+
+}  // namespace squall

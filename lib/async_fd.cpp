@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: MIT
+// async_fd: fiber I/O on one fd, over a readiness backend (try the syscall, wait for the edge)
+// or a completion backend (an io_uring operation per call).
+//
+// Each fd has at most one waiting reader and one waiting writer (a slot each), which is what
+// lets close() find and end the waits of other fibers. A waiter's `data` points at the fd's
+// state while the state lives; close() clears it, so a fiber resuming after its fd was closed
+// and freed by another fiber never touches the freed state.
+#include "squall/async_fd.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "backend/backend.hpp"
+#include "squall/log.hpp"
+
+namespace squall {
+namespace detail {
+
+struct fd_state final : io_completion {
+  io_loop* loop = nullptr;
+  backend* be = nullptr;
+  int fd = -1;
+  bool ring = false;        // operations go on the io_uring ring
+  bool socket = false;      // sockets use send/recv (MSG_NOSIGNAL); others read/write
+  bool registered = false;  // add_io() done (readiness backends)
+  waiter* reader = nullptr;
+  waiter* writer = nullptr;
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::fd_state;
+using detail::waiter;
+using slot_ptr = waiter* fd_state::*;
+
+[[noreturn]] void fail(std::error_code ec, const char* what) {
+  throw std::system_error(ec, what);
+}
+[[noreturn]] void fail_errno(int e, const char* what) {
+  fail(socket_error(e), what);
+}
+
+fd_state& state(const std::unique_ptr<fd_state>& st, const char* what) {
+  if (!st || st->fd < 0) fail(error::closed, what);
+  return *st;
+}
+
+// Takes the reader or writer slot for `w`; two fibers waiting to read one fd is a bug.
+void claim(fd_state& st, slot_ptr slot, waiter& w) {
+  if (st.*slot)
+    throw std::logic_error("squall: another fiber is already waiting on fd " +
+                           std::to_string(st.fd) + " in the same direction");
+  st.*slot = &w;
+  w.data = &st;
+  w.fd = st.fd;
+  // Dumps show the operation ("read"), not the error-message prefix ("squall: read").
+  if (std::strncmp(w.what, "squall: ", 8) == 0) w.what += 8;
+}
+
+// After a wait: give the slot back, unless close() took it (and maybe freed the state).
+void unclaim(slot_ptr slot, waiter& w) {
+  if (auto* st = static_cast<fd_state*>(w.data))
+    if (st->*slot == &w) st->*slot = nullptr;
+}
+
+// --- Readiness backends ------------------------------------------------------------------------
+
+// Edge-triggered reports for a registered fd: wake whoever waits in that direction.
+void on_readiness(detail::io_completion* c, unsigned events, int, unsigned) {
+  auto* st = static_cast<fd_state*>(c);
+  waiter* r = events & (io_loop::read | io_loop::error) ? st->reader : nullptr;
+  waiter* w = events & (io_loop::write | io_loop::error) ? st->writer : nullptr;
+  // Both slots are read before either fiber runs: the first may close and free the state.
+  // The second waiter is still valid then (its fiber can only be resumed by us or later).
+  if (r) detail::wake_now(*r);
+  if (w) detail::wake_now(*w);
+}
+
+void wait_edge(fd_state& st, slot_ptr slot, const char* what, time_point deadline) {
+  waiter w;
+  w.what = what;
+  w.abandon = [](waiter& me) { detail::wake(me, me.abandon_reason); };
+  claim(st, slot, w);
+  std::error_code ec = detail::suspend(w, deadline);
+  unclaim(slot, w);
+  if (ec) fail(ec, what);
+}
+
+void wait_ring_poll(fd_state& st, slot_ptr slot, const char* what, time_point deadline);
+
+// Tries `sys()`; on EAGAIN waits for the next edge (or, for a non-socket fd on io_uring, a poll
+// operation) and tries again.
+template <class Sys>
+std::size_t readiness_op(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
+                         Sys sys) {
+  for (;;) {
+    ssize_t r = sys();
+    if (r >= 0) return static_cast<std::size_t>(r);
+    int e = errno;
+    if (e == EINTR) continue;
+    if (e != EAGAIN && e != EWOULDBLOCK) fail_errno(e, what);
+    if (st.ring)
+      wait_ring_poll(st, slot, what, deadline);
+    else
+      wait_edge(st, slot, what, deadline);
+  }
+}
+
+// --- Completion backend (io_uring) ----------------------------------------------------------
+
+struct ring_op final : detail::io_completion, waiter {
+  detail::backend* be = nullptr;
+  int res = 0;
+  unsigned cflags = 0;
+};
+
+void on_ring_complete(detail::io_completion* c, unsigned, int res, unsigned flags) {
+  auto* op = static_cast<ring_op*>(c);
+  op->res = res;
+  op->cflags = flags;
+  waiter& w = *op;
+  if (res == -ECANCELED && w.abandoning)
+    detail::wake_now(w, w.abandon_reason);
+  else
+    detail::wake_now(w);
+}
+
+// Ending a ring wait early means cancelling the operation in the kernel; the fiber stays
+// suspended until the operation's own completion arrives, because the kernel may write into
+// the buffers (and the record on the fiber's stack) until then.
+void abandon_ring(waiter& w) {
+  auto& op = static_cast<ring_op&>(w);
+  if (int r = op.be->submit_cancel(&op); r < 0)
+    log(log_level::warn, "io", "cannot cancel an io_uring operation on fd %d: %s", w.fd,
+        std::system_category().message(-r).c_str());
+}
+
+// Runs one ring operation; `submit(op)` queues it. Returns its non-negative result.
+template <class Submit>
+int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline, Submit submit) {
+  ring_op op;
+  op.complete = on_ring_complete;
+  op.be = st.be;
+  op.what = what;
+  op.abandon = abandon_ring;
+  claim(st, slot, op);
+  if (int r = submit(static_cast<detail::io_completion*>(&op)); r < 0) {
+    unclaim(slot, op);
+    fail_errno(-r, what);
+  }
+  std::error_code ec = detail::suspend(op, deadline);
+  unclaim(slot, op);
+  // A result that arrived despite a cancel (it finished first) is kept: the data is real.
+  if (op.res >= 0) return op.res;
+  if (ec) fail(ec, what);
+  fail_errno(-op.res, what);
+}
+
+void wait_ring_poll(fd_state& st, slot_ptr slot, const char* what, time_point deadline) {
+  unsigned dir = slot == &fd_state::reader ? io_loop::read : io_loop::write;
+  ring_run(st, slot, what, deadline, [&](auto* op) { return st.be->submit_poll(st.fd, dir, op); });
+}
+
+int set_nonblocking(int fd, bool on) {
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  int want = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  if (want != fl && ::fcntl(fd, F_SETFL, want) < 0) return -errno;
+  return 0;
+}
+
+bool waits_on_ring(const fd_state& st) {
+  return st.ring && st.socket;
+}
+
+}  // namespace
+
+// --- async_fd ----------------------------------------------------------------------------------
+
+async_fd::async_fd() noexcept = default;
+async_fd::async_fd(async_fd&&) noexcept = default;
+async_fd& async_fd::operator=(async_fd&& o) noexcept {
+  if (this != &o) {
+    close();
+    st_ = std::move(o.st_);
+  }
+  return *this;
+}
+async_fd::~async_fd() {
+  close();
+}
+
+async_fd::async_fd(io_loop& loop, int fd) : st_(std::make_unique<fd_state>()) {
+  if (fd < 0) throw std::invalid_argument("squall: async_fd: negative fd");
+  fd_state& st = *st_;
+  st.loop = &loop;
+  st.be = &detail::backend_of(loop);
+  st.fd = fd;
+  st.ring = st.be->completion_based();
+  struct stat sb;
+  if (::fstat(fd, &sb) != 0) fail_errno(errno, "squall: async_fd");
+  st.socket = S_ISSOCK(sb.st_mode);
+  // Ring operations on sockets block in the kernel, not in us, and an O_NONBLOCK socket would
+  // make them fail with EAGAIN instead; everything else is driven by non-blocking syscalls.
+  if (int r = set_nonblocking(fd, !waits_on_ring(st)); r < 0) fail_errno(-r, "squall: async_fd");
+  if (!st.ring) {
+    st.complete = on_readiness;
+    if (int r = st.be->add_io(fd, &st); r < 0) fail_errno(-r, "squall: async_fd: register");
+    st.registered = true;
+  }
+}
+
+bool async_fd::is_open() const noexcept {
+  return st_ && st_->fd >= 0;
+}
+int async_fd::fd() const noexcept {
+  return st_ ? st_->fd : -1;
+}
+io_loop& async_fd::loop() const {
+  if (!st_) throw std::logic_error("squall: empty async_fd");
+  return *st_->loop;
+}
+
+int async_fd::release() noexcept {
+  if (!st_ || st_->fd < 0) return -1;
+  fd_state& st = *st_;
+  // End the waits of other fibers first: they must not use the fd once it is given away.
+  for (slot_ptr slot : {&fd_state::reader, &fd_state::writer}) {
+    if (waiter* w = st.*slot) {
+      st.*slot = nullptr;
+      w->data = nullptr;
+      detail::abandon(*w, error::closed);
+    }
+  }
+  if (st.registered) {
+    st.be->remove_io(st.fd);
+    detail::forget_io(*st.loop, &st);
+    st.registered = false;
+  }
+  int fd = st.fd;
+  st.fd = -1;
+  st_.reset();
+  return fd;
+}
+
+void async_fd::close() noexcept {
+  int fd = release();
+  if (fd >= 0) ::close(fd);
+}
+
+std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline) {
+  static constexpr const char* what = "squall: read";
+  fd_state& st = state(st_, what);
+  if (waits_on_ring(st))
+    return static_cast<std::size_t>(ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
+      return st.be->submit_recv(st.fd, buf, len, 0, op);
+    }));
+  return readiness_op(st, &fd_state::reader, what, deadline, [&] {
+    return st.socket ? ::recv(st.fd, buf, len, 0) : ::read(st.fd, buf, len);
+  });
+}
+
+std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadline) {
+  static constexpr const char* what = "squall: write";
+  fd_state& st = state(st_, what);
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov);
+  msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
+  if (waits_on_ring(st))
+    return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
+      return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
+    }));
+  return readiness_op(st, &fd_state::writer, what, deadline, [&] {
+    return st.socket ? ::sendmsg(st.fd, &msg, MSG_NOSIGNAL) : ::writev(st.fd, iov, iovcnt);
+  });
+}
+
+std::size_t async_fd::write_some(const void* buf, std::size_t len, time_point deadline) {
+  iovec v{const_cast<void*>(buf), len};
+  return write_some(&v, 1, deadline);
+}
+
+void async_fd::write_all(const iovec* iov, int iovcnt, time_point deadline) {
+  // Copy the vector so partial writes can advance it.
+  constexpr int max_iov = 64;
+  iovec local[max_iov];
+  while (iovcnt > 0) {
+    int n = iovcnt < max_iov ? iovcnt : max_iov;
+    for (int i = 0; i < n; ++i)
+      local[i] = iov[i];
+    iovec* cur = local;
+    int left = n;
+    while (left > 0) {
+      std::size_t done = write_some(cur, left, deadline);
+      while (left > 0 && done >= cur->iov_len) {
+        done -= cur->iov_len;
+        ++cur;
+        --left;
+      }
+      if (left > 0) {
+        cur->iov_base = static_cast<char*>(cur->iov_base) + done;
+        cur->iov_len -= done;
+      }
+    }
+    iov += n;
+    iovcnt -= n;
+  }
+}
+
+int async_fd::accept(address* peer, time_point deadline) {
+  static constexpr const char* what = "squall: accept";
+  fd_state& st = state(st_, what);
+  address tmp;
+  address& a = peer ? *peer : tmp;
+  *a.size_ptr() = address::capacity;
+  if (waits_on_ring(st))
+    return ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
+      return st.be->submit_accept(st.fd, a.data(), reinterpret_cast<unsigned*>(a.size_ptr()),
+                                  SOCK_CLOEXEC, op);
+    });
+  return static_cast<int>(readiness_op(st, &fd_state::reader, what, deadline, [&] {
+    return ::accept4(st.fd, a.data(), a.size_ptr(), SOCK_NONBLOCK | SOCK_CLOEXEC);
+  }));
+}
+
+void async_fd::connect(const address& to, time_point deadline) {
+  static constexpr const char* what = "squall: connect";
+  fd_state& st = state(st_, what);
+  if (waits_on_ring(st)) {
+    ring_run(st, &fd_state::writer, what, deadline,
+             [&](auto* op) { return st.be->submit_connect(st.fd, to.data(), to.size(), op); });
+    return;
+  }
+  if (::connect(st.fd, to.data(), to.size()) == 0) return;
+  if (errno != EINPROGRESS && errno != EINTR) fail_errno(errno, what);
+  wait_edge(st, &fd_state::writer, what, deadline);
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(st.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) fail_errno(err, what);
+}
+
+std::size_t async_fd::recv_from(void* buf, std::size_t len, address* from, time_point deadline) {
+  static constexpr const char* what = "squall: recv_from";
+  fd_state& st = state(st_, what);
+  address tmp;
+  address& a = from ? *from : tmp;
+  iovec v{buf, len};
+  msghdr msg{};
+  msg.msg_name = a.data();
+  msg.msg_namelen = address::capacity;
+  msg.msg_iov = &v;
+  msg.msg_iovlen = 1;
+  std::size_t n;
+  if (waits_on_ring(st)) {
+    n = static_cast<std::size_t>(ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
+      return st.be->submit_recvmsg(st.fd, &msg, 0, op);
+    }));
+  } else {
+    n = readiness_op(st, &fd_state::reader, what, deadline,
+                     [&] { return ::recvmsg(st.fd, &msg, 0); });
+  }
+  *a.size_ptr() = msg.msg_namelen;
+  return n;
+}
+
+std::size_t async_fd::send_to(const void* buf, std::size_t len, const address& to,
+                              time_point deadline) {
+  static constexpr const char* what = "squall: send_to";
+  fd_state& st = state(st_, what);
+  iovec v{const_cast<void*>(buf), len};
+  msghdr msg{};
+  msg.msg_name = const_cast<sockaddr*>(to.data());
+  msg.msg_namelen = to.size();
+  msg.msg_iov = &v;
+  msg.msg_iovlen = 1;
+  if (waits_on_ring(st))
+    return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
+      return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
+    }));
+  return readiness_op(st, &fd_state::writer, what, deadline,
+                      [&] { return ::sendmsg(st.fd, &msg, MSG_NOSIGNAL); });
+}
+
+namespace {
+void wait_for(fd_state& st, slot_ptr slot, unsigned dir, const char* what, time_point deadline) {
+  if (st.ring) {
+    wait_ring_poll(st, slot, what, deadline);
+    return;
+  }
+  // Edge-triggered: an edge that came before this call is not repeated, so look first.
+  pollfd p{st.fd, static_cast<short>(dir == io_loop::read ? POLLIN : POLLOUT), 0};
+  if (::poll(&p, 1, 0) == 1) return;
+  wait_edge(st, slot, what, deadline);
+}
+}  // namespace
+
+void async_fd::wait_readable(time_point deadline) {
+  wait_for(state(st_, "squall: wait_readable"), &fd_state::reader, io_loop::read,
+           "squall: wait_readable", deadline);
+}
+
+void async_fd::wait_writable(time_point deadline) {
+  wait_for(state(st_, "squall: wait_writable"), &fd_state::writer, io_loop::write,
+           "squall: wait_writable", deadline);
+}
+
+}  // namespace squall

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: MIT
+// io_stream: read buffer with views handed out, write buffer with a high-water mark.
+#include "squall/io_stream.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "squall/log.hpp"
+
+namespace squall {
+namespace {
+
+[[noreturn]] void fail(error e, const char* what) {
+  throw std::system_error(e, what);
+}
+
+}  // namespace
+
+io_stream::io_stream(io_loop& loop, int fd, io_stream_options opts)
+    : io_stream(async_fd(loop, fd), opts) {}
+
+io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), opts_(opts) {}
+
+io_stream::io_stream(io_stream&& o) noexcept
+    : fd_(std::move(o.fd_)),
+      opts_(o.opts_),
+      rbuf_(std::exchange(o.rbuf_, nullptr)),
+      rcap_(std::exchange(o.rcap_, 0)),
+      rpos_(std::exchange(o.rpos_, 0)),
+      rend_(std::exchange(o.rend_, 0)),
+      rtake_(std::exchange(o.rtake_, 0)),
+      eof_(std::exchange(o.eof_, false)),
+      wbuf_(std::exchange(o.wbuf_, nullptr)),
+      wcap_(std::exchange(o.wcap_, 0)),
+      wlen_(std::exchange(o.wlen_, 0)) {}
+
+io_stream& io_stream::operator=(io_stream&& o) noexcept {
+  if (this != &o) {
+    this->~io_stream();
+    new (this) io_stream(std::move(o));
+  }
+  return *this;
+}
+
+io_stream::~io_stream() {
+  fd_.close();
+  std::free(rbuf_);
+  std::free(wbuf_);
+}
+
+time_point io_stream::wait_deadline(time_point deadline) const noexcept {
+  if (opts_.idle_timeout <= duration::zero()) return deadline;
+  return std::min(deadline, clock::now() + opts_.idle_timeout);
+}
+
+// --- Reading -----------------------------------------------------------------------------------
+
+void io_stream::consume_previous() noexcept {
+  rpos_ += rtake_;
+  rtake_ = 0;
+  if (rpos_ == rend_) rpos_ = rend_ = 0;  // empty: the next read starts at the front
+}
+
+// Makes room for `extra` more bytes after rend_: compacts first, grows if that is not enough.
+void io_stream::reserve_read(std::size_t extra) {
+  if (rcap_ - rend_ >= extra) return;
+  std::size_t live = rend_ - rpos_;
+  if (rpos_ > 0 && rcap_ - live >= extra) {
+    std::memmove(rbuf_, rbuf_ + rpos_, live);
+    rpos_ = 0;
+    rend_ = live;
+    return;
+  }
+  std::size_t need = live + extra;
+  if (need > opts_.max_buffer_size + opts_.read_chunk)
+    fail(error::buffer_full, "squall: read buffer would pass max_buffer_size");
+  std::size_t cap = std::max<std::size_t>(rcap_ * 2, need);
+  char* nb = static_cast<char*>(std::malloc(cap));
+  if (!nb) throw std::bad_alloc();
+  if (live) std::memcpy(nb, rbuf_ + rpos_, live);
+  std::free(rbuf_);
+  rbuf_ = nb;
+  rcap_ = cap;
+  rpos_ = 0;
+  rend_ = live;
+}
+
+bool io_stream::fill(time_point deadline) {
+  if (eof_) return false;
+  // About to wait for the peer: anything we owe it goes first (see the header).
+  if (wlen_ > 0) flush(deadline);
+  if (rend_ - rpos_ >= opts_.max_buffer_size)
+    fail(error::buffer_full, "squall: read buffer reached max_buffer_size");
+  reserve_read(std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_)));
+  std::size_t n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+  if (n == 0) {
+    eof_ = true;
+    return false;
+  }
+  rend_ += n;
+  return true;
+}
+
+std::string_view io_stream::read_some(time_point deadline) {
+  consume_previous();
+  if (rend_ == rpos_ && !fill(deadline)) return {};
+  rtake_ = rend_ - rpos_;
+  return {rbuf_ + rpos_, rtake_};
+}
+
+std::string_view io_stream::read_exactly(std::size_t n, time_point deadline) {
+  consume_previous();
+  if (n > opts_.max_buffer_size)
+    fail(error::buffer_full, "squall: read_exactly past max_buffer_size");
+  while (rend_ - rpos_ < n)
+    if (!fill(deadline)) fail(error::closed, "squall: stream closed before read_exactly completed");
+  rtake_ = n;
+  return {rbuf_ + rpos_, n};
+}
+
+std::string_view io_stream::read_until(std::string_view delimiter, std::size_t max_bytes,
+                                       time_point deadline) {
+  consume_previous();
+  if (delimiter.empty()) throw std::invalid_argument("squall: read_until: empty delimiter");
+  std::size_t scanned = 0;  // bytes already searched, so a slow peer costs O(n), not O(n^2)
+  for (;;) {
+    std::string_view have(rbuf_ + rpos_, rend_ - rpos_);
+    std::size_t from = scanned >= delimiter.size() ? scanned - delimiter.size() + 1 : 0;
+    std::size_t at = have.find(delimiter, from);
+    if (at != std::string_view::npos) {
+      std::size_t len = at + delimiter.size();
+      if (len > max_bytes) fail(error::buffer_full, "squall: read_until: delimiter past max_bytes");
+      rtake_ = len;
+      return have.substr(0, len);
+    }
+    if (have.size() >= max_bytes)
+      fail(error::buffer_full, "squall: read_until: max_bytes read without the delimiter");
+    scanned = have.size();
+    if (!fill(deadline)) fail(error::closed, "squall: stream closed before the delimiter");
+  }
+}
+
+std::string_view io_stream::read_until_close(std::size_t max_bytes, time_point deadline) {
+  consume_previous();
+  while (!eof_) {
+    if (rend_ - rpos_ > max_bytes)
+      fail(error::buffer_full, "squall: read_until_close: more than max_bytes");
+    fill(deadline);
+  }
+  if (rend_ - rpos_ > max_bytes)
+    fail(error::buffer_full, "squall: read_until_close: more than max_bytes");
+  rtake_ = rend_ - rpos_;
+  return {rbuf_ + rpos_, rtake_};
+}
+
+// --- Writing -----------------------------------------------------------------------------------
+
+void io_stream::send_all(const iovec* iov, int n, time_point deadline) {
+  try {
+    fd_.write_all(iov, n, wait_deadline(deadline));
+  } catch (...) {
+    wlen_ = 0;  // partly sent, and the stream is no longer usable for writing
+    throw;
+  }
+  wlen_ = 0;
+}
+
+void io_stream::write(std::string_view data, time_point deadline) {
+  write(std::span<const std::string_view>(&data, 1), deadline);
+}
+
+void io_stream::write(std::span<const std::string_view> pieces, time_point deadline) {
+  if (!fd_.is_open()) fail(error::closed, "squall: write on a closed stream");
+  std::size_t total = 0;
+  for (auto p : pieces)
+    total += p.size();
+  if (wlen_ + total <= opts_.write_high_water) {
+    if (wcap_ - wlen_ < total) {
+      std::size_t cap = std::max(std::max<std::size_t>(wcap_ * 2, 4096), wlen_ + total);
+      char* nb = static_cast<char*>(std::realloc(wbuf_, cap));
+      if (!nb) throw std::bad_alloc();
+      wbuf_ = nb;
+      wcap_ = cap;
+    }
+    for (auto p : pieces) {
+      std::memcpy(wbuf_ + wlen_, p.data(), p.size());
+      wlen_ += p.size();
+    }
+    return;
+  }
+  // Past the high-water mark: send what is buffered and the new pieces together, straight from
+  // the caller's memory (no copy), and wait until they are out.
+  constexpr int max_pieces = 15;
+  iovec iov[max_pieces + 1];
+  int n = 0;
+  if (wlen_) iov[n++] = iovec{wbuf_, wlen_};
+  for (auto p : pieces) {
+    if (n == max_pieces + 1) {
+      send_all(iov, n, deadline);
+      n = 0;
+    }
+    iov[n++] = iovec{const_cast<char*>(p.data()), p.size()};
+  }
+  send_all(iov, n, deadline);
+}
+
+void io_stream::flush(time_point deadline) {
+  if (wlen_ == 0) return;
+  if (!fd_.is_open()) fail(error::closed, "squall: flush on a closed stream");
+  iovec v{wbuf_, wlen_};
+  send_all(&v, 1, deadline);
+}
+
+// --- Connection --------------------------------------------------------------------------------
+
+void io_stream::close(std::string_view reason, time_point flush_deadline) {
+  if (!fd_.is_open()) return;
+  if (wlen_ > 0 && this_fiber::active()) {
+    try {
+      flush(flush_deadline);
+    } catch (const std::system_error&) {
+      // The peer is gone or slow; closing is what we were doing anyway.
+    }
+  }
+  if (!reason.empty())
+    log(log_level::debug, "io", "closing fd %d: %.*s", fd_.fd(), static_cast<int>(reason.size()),
+        reason.data());
+  fd_.close();
+  wlen_ = 0;
+}
+
+void io_stream::shutdown_write(time_point deadline) {
+  flush(deadline);
+  if (::shutdown(fd_.fd(), SHUT_WR) != 0)
+    throw std::system_error(socket_error(errno), "squall: shutdown_write");
+}
+
+void io_stream::set_nodelay(bool on) {
+  int v = on ? 1 : 0;
+  if (::setsockopt(fd_.fd(), IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) != 0)
+    throw std::system_error(errno, std::system_category(), "squall: set_nodelay");
+}
+
+}  // namespace squall

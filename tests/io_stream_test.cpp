@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: MIT
+// io_stream over real sockets: reads (partial, delimited, bounded), writes with backpressure,
+// end of stream, reset, half-close, timeouts, cancellation and close in every wait.
+#include "squall/io_stream.hpp"
+
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "squall/tcp_client.hpp"
+#include "squall/tcp_server.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using squall::io_loop;
+using squall::io_stream;
+using squall::run_sync;
+using squall::spawn;
+namespace this_fiber = squall::this_fiber;
+
+namespace {
+
+std::error_code code_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e.code();
+  }
+  return {};
+}
+
+// A connected pair of streams over a Unix socketpair.
+struct stream_pair {
+  io_stream a, b;
+  stream_pair(io_loop& loop, squall::io_stream_options oa = {}, squall::io_stream_options ob = {}) {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    a = io_stream(loop, sv[0], oa);
+    b = io_stream(loop, sv[1], ob);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("round trip over TCP: write, flush, read_exactly") {
+  io_loop loop;
+  squall::tcp_server server(loop, [](io_stream& s, const squall::address&) {
+    for (;;) {
+      auto d = s.read_some();
+      if (d.empty()) return;
+      s.write(d);
+    }
+  });
+  server.listen(0, "127.0.0.1");
+  auto addr = server.addresses().at(0);
+  CHECK(addr.port() != 0);
+  std::string got = run_sync(loop, [&] {
+    io_stream c = squall::tcp_connect(addr);
+    c.write("hello, ");
+    c.write("squall");
+    c.flush();
+    return std::string(c.read_exactly(13));
+  });
+  CHECK(got == "hello, squall");
+}
+
+TEST_CASE("read_exactly collects bytes that arrive one at a time") {
+  io_loop loop;
+  stream_pair p(loop);
+  auto writer = spawn(loop, [&] {
+    for (char c : std::string("0123456789")) {
+      p.b.write(std::string_view(&c, 1));
+      p.b.flush();
+      this_fiber::sleep_for(1ms);
+    }
+  });
+  auto got = run_sync(loop, [&] { return std::string(p.a.read_exactly(10)); });
+  CHECK(got == "0123456789");
+  run_sync(loop, [&] { writer.join(); });
+}
+
+TEST_CASE("read_until finds a delimiter split across reads and across buffer growth") {
+  io_loop loop;
+  squall::io_stream_options small;
+  small.read_chunk = 3;  // forces many reads and several reallocations
+  stream_pair p(loop, small);
+  std::string head(1000, 'h');
+  auto writer = spawn(loop, [&] {
+    p.b.write(head + "\r\n");
+    p.b.flush();
+    this_fiber::sleep_for(2ms);
+    p.b.write("\r\nbody");
+    p.b.flush();
+  });
+  run_sync(loop, [&] {
+    auto v = p.a.read_until("\r\n\r\n", 4096);
+    CHECK(v == head + "\r\n\r\n");
+    CHECK(std::string(p.a.read_exactly(4)) == "body");
+    writer.join();
+  });
+}
+
+TEST_CASE("read_until past max_bytes is buffer_full, and the bytes stay readable") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    p.b.write("no delimiter in these twenty-nine bytes");
+    p.b.flush();
+    CHECK(code_of([&] { p.a.read_until("\n", 16); }) == squall::error::buffer_full);
+    // Nothing was lost: the buffered bytes come back from the next read.
+    auto rest = p.a.read_exactly(39);
+    CHECK(rest == "no delimiter in these twenty-nine bytes");
+  });
+}
+
+TEST_CASE("end of stream: read_some is empty, read_exactly and read_until fail with closed") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    p.b.write("abc");
+    p.b.close();
+    CHECK(code_of([&] { p.a.read_exactly(5); }) == squall::error::closed);
+    CHECK(p.a.read_some() == "abc");  // what did arrive is still there
+    CHECK(p.a.read_some().empty());
+    CHECK(code_of([&] { p.a.read_until("\n", 100); }) == squall::error::closed);
+  });
+}
+
+TEST_CASE("read_until_close returns everything; past max_bytes it is buffer_full") {
+  io_loop loop;
+  stream_pair p(loop), q(loop);
+  run_sync(loop, [&] {
+    std::string big(100000, 'z');
+    auto w = spawn(loop, [&] {
+      p.b.write(big);
+      p.b.close();
+      q.b.write(big);
+      q.b.close();
+    });
+    CHECK(p.a.read_until_close(1 << 20).size() == big.size());
+    CHECK(code_of([&] { q.a.read_until_close(50000); }) == squall::error::buffer_full);
+    w.join();
+  });
+}
+
+TEST_CASE(
+    "a writer to a peer that does not read blocks at the high-water mark; memory stays bounded") {
+  io_loop loop;
+  squall::io_stream_options o;
+  o.write_high_water = 16 * 1024;
+  stream_pair p(loop, o);
+  std::size_t sent = 0, max_pending = 0;
+  const std::size_t total = 8 * 1024 * 1024;
+  std::string chunk(4096, 'w');
+  auto writer = spawn(loop, [&] {
+    while (sent < total) {
+      p.a.write(chunk);
+      sent += chunk.size();
+      max_pending = std::max(max_pending, p.a.pending_write());
+    }
+    p.a.flush();
+  });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(20ms);
+    // The reader has not read: the writer is stuck far short of the total.
+    CHECK(sent < total);
+    CHECK_FALSE(writer.done());
+    std::size_t got = 0;
+    while (got < total)
+      got += p.b.read_some().size();
+    CHECK(got == total);
+    writer.join();
+  });
+  CHECK(max_pending <= o.write_high_water);
+}
+
+TEST_CASE("a reset by the peer is error::reset") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    p.a.write("unread");
+    p.a.flush();
+    // Closing with unread data in the receive queue makes the kernel send a reset (RST).
+    p.b.close();
+    this_fiber::sleep_for(5ms);
+    auto ec = code_of([&] {
+      for (int i = 0; i < 100; ++i) {
+        p.a.write(std::string(65536, 'x'));
+        p.a.flush();
+      }
+    });
+    CHECK(ec == squall::error::reset);
+  });
+}
+
+TEST_CASE("half-close: the peer reads end of stream and can still answer") {
+  io_loop loop;
+  squall::tcp_server server(loop, [](io_stream& s, const squall::address&) {
+    auto req = std::string(s.read_until_close(1024));
+    s.write("got " + std::to_string(req.size()));
+  });
+  server.listen(0, "127.0.0.1");
+  auto reply = run_sync(loop, [&] {
+    io_stream c = squall::tcp_connect(server.addresses().at(0));
+    c.write("twelve bytes");
+    c.shutdown_write();
+    return std::string(c.read_until_close(1024));
+  });
+  CHECK(reply == "got 12");
+}
+
+TEST_CASE("deadlines and the idle timeout end reads with timed_out") {
+  io_loop loop;
+  squall::io_stream_options idle;
+  idle.idle_timeout = 20ms;
+  stream_pair p(loop, idle);
+  run_sync(loop, [&] {
+    auto t0 = io_loop::now();
+    CHECK(code_of([&] { p.b.read_some(io_loop::now() + 15ms); }) == squall::error::timed_out);
+    CHECK(code_of([&] { p.a.read_some(); }) == squall::error::timed_out);  // idle timeout
+    CHECK(io_loop::now() - t0 >= 30ms);
+    // The streams still work after a timeout.
+    p.b.write("ok");
+    p.b.flush();
+    CHECK(p.a.read_exactly(2) == "ok");
+  });
+}
+
+TEST_CASE("cancelling a read loses no data: what arrives afterwards is read next") {
+  io_loop loop;
+  stream_pair p(loop);
+  auto reader = spawn(loop, [&] { p.a.read_some(); });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(5ms);  // the reader is waiting (a ring operation on io_uring)
+    reader.cancel();
+    CHECK(code_of([&] { reader.join(); }) == squall::error::cancelled);
+    p.b.write("after cancel");
+    p.b.flush();
+    CHECK(p.a.read_exactly(12) == "after cancel");
+  });
+}
+
+TEST_CASE("cancelling a writer blocked by backpressure, and a fiber blocked in accept") {
+  io_loop loop;
+  stream_pair p(loop);
+  auto writer = spawn(loop, [&] {
+    std::string big(1 << 20, 'b');
+    for (;;) {
+      p.a.write(big);
+      p.a.flush();
+    }
+  });
+  auto lfds = squall::bind_sockets(0, "127.0.0.1");
+  squall::async_fd listener(loop, lfds.at(0));
+  auto acceptor = spawn(loop, [&] { listener.accept(); });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(10ms);
+    writer.cancel();
+    acceptor.cancel();
+    CHECK(code_of([&] { writer.join(); }) == squall::error::cancelled);
+    CHECK(code_of([&] { acceptor.join(); }) == squall::error::cancelled);
+  });
+}
+
+TEST_CASE("closing a stream ends another fiber's read with closed") {
+  io_loop loop;
+  stream_pair p(loop);
+  auto reader = spawn(loop, [&] { p.a.read_some(); });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(5ms);
+    p.a.close();
+    CHECK(code_of([&] { reader.join(); }) == squall::error::closed);
+    CHECK(code_of([&] { p.a.read_some(); }) == squall::error::closed);
+  });
+}
+
+TEST_CASE("pipelined writes go out together when the reader has to wait") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    // Three small responses are buffered, then a read that must wait flushes them.
+    p.a.write("one;");
+    p.a.write("two;");
+    p.a.write("three;");
+    CHECK(p.a.pending_write() == 14);
+    auto peer = spawn(loop, [&] {
+      auto got = std::string(p.b.read_exactly(14));
+      CHECK(got == "one;two;three;");
+      p.b.write("next");
+      p.b.flush();
+    });
+    CHECK(p.a.read_exactly(4) == "next");
+    CHECK(p.a.pending_write() == 0);
+    peer.join();
+  });
+}

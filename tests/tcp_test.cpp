@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: MIT
+// Sockets: tcp_server (max connections, graceful shutdown, EMFILE), Happy Eyeballs with a
+// black-holed address, Unix sockets, UDP, and thousands of connections from another process.
+#include "squall/tcp_server.hpp"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "squall/locks.hpp"
+#include "squall/log.hpp"
+#include "squall/tcp_client.hpp"
+#include "squall/udp.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using squall::address;
+using squall::io_loop;
+using squall::io_stream;
+using squall::run_sync;
+using squall::spawn;
+namespace this_fiber = squall::this_fiber;
+
+namespace {
+
+std::error_code code_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e.code();
+  }
+  return {};
+}
+
+void echo(io_stream& s, const address&) {
+  for (;;) {
+    auto d = s.read_some();
+    if (d.empty()) return;
+    s.write(d);
+  }
+}
+
+std::string ask(io_stream& c, const std::string& msg) {
+  c.write(msg);
+  c.flush();
+  return std::string(c.read_exactly(msg.size()));
+}
+
+struct log_capture {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  log_capture() {
+    squall::set_log_sink([this](squall::log_level, std::string_view, std::string_view m) {
+      std::lock_guard<std::mutex> l(mu);
+      lines.emplace_back(m);
+    });
+  }
+  ~log_capture() { squall::set_log_sink(nullptr); }
+  int count(const std::string& s) {
+    std::lock_guard<std::mutex> l(mu);
+    int n = 0;
+    for (auto& x : lines)
+      n += x.find(s) != std::string::npos;
+    return n;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("bind_sockets: one socket per family, port 0 shared, localhost on both") {
+  auto fds = squall::bind_sockets(0, "localhost");
+  REQUIRE(!fds.empty());
+  io_loop loop;
+  squall::tcp_server server(loop, echo);
+  server.add_sockets(fds);
+  auto addrs = server.addresses();
+  for (auto& a : addrs)
+    CHECK(a.port() == addrs[0].port());
+  // Each family answers.
+  for (auto& a : addrs) {
+    auto reply = run_sync(loop, [&] {
+      io_stream c = squall::tcp_connect(a);
+      return ask(c, "via " + a.to_string());
+    });
+    CHECK(reply == "via " + a.to_string());
+  }
+  CHECK_THROWS_AS(squall::bind_sockets(0, "not-an-ip"), std::invalid_argument);
+  // The same port again without SO_REUSEPORT is refused.
+  CHECK(code_of([&] { squall::bind_sockets(addrs[0].port(), "127.0.0.1"); }) ==
+        std::errc::address_in_use);
+}
+
+TEST_CASE("max_connections: the next client waits until a connection ends") {
+  io_loop loop;
+  squall::tcp_server_options o;
+  o.max_connections = 2;
+  squall::tcp_server server(loop, echo, o);
+  server.listen(0, "127.0.0.1");
+  auto addr = server.addresses().at(0);
+  run_sync(loop, [&] {
+    io_stream c1 = squall::tcp_connect(addr), c2 = squall::tcp_connect(addr);
+    CHECK(ask(c1, "1") == "1");
+    CHECK(ask(c2, "2") == "2");
+    io_stream c3 = squall::tcp_connect(addr);  // completes in the backlog, not served yet
+    c3.write("3");
+    c3.flush();
+    CHECK(code_of([&] { c3.read_exactly(1, io_loop::now() + 50ms); }) == squall::error::timed_out);
+    CHECK(server.connection_count() == 2);
+    c1.close();
+    CHECK(c3.read_exactly(1) == "3");  // served once c1 ended
+  });
+}
+
+TEST_CASE("graceful shutdown waits for open connections, then cancels the stragglers") {
+  io_loop loop;
+  squall::event release;
+  int finished = 0, cancelled = 0;
+  squall::tcp_server server(loop, [&](io_stream& s, const address&) {
+    auto what = std::string(s.read_exactly(4));
+    try {
+      if (what == "slow")
+        this_fiber::sleep_for(1h);
+      else
+        release.wait();
+      s.write("done");
+      ++finished;
+    } catch (const std::system_error& e) {
+      if (e.code() == squall::error::cancelled) ++cancelled;
+      throw;
+    }
+  });
+  server.listen(0, "127.0.0.1");
+  auto addr = server.addresses().at(0);
+  run_sync(loop, [&] {
+    io_stream quick = squall::tcp_connect(addr), slow = squall::tcp_connect(addr);
+    quick.write("fast");
+    quick.flush();
+    slow.write("slow");
+    slow.flush();
+    this_fiber::sleep_for(5ms);
+    CHECK(server.connection_count() == 2);
+    auto t = spawn(loop, [&] {
+      this_fiber::sleep_for(10ms);
+      release.set();
+    });
+    server.shutdown(io_loop::now() + 100ms);
+    CHECK(server.connection_count() == 0);
+    CHECK(quick.read_exactly(4) == "done");  // finished within the deadline, reply flushed
+    CHECK(slow.read_some().empty());         // cancelled: closed without a reply
+    // No longer accepting.
+    CHECK(code_of([&] { squall::tcp_connect(addr); }) == std::errc::connection_refused);
+    t.join();
+  });
+  CHECK(finished == 1);
+  CHECK(cancelled == 1);
+}
+
+TEST_CASE("Happy Eyeballs: a black-holed first address loses to one that answers") {
+  io_loop loop;
+  // The black hole: a listener with a full accept queue drops further SYNs, so a connect to it
+  // hangs (on this machine, no packet leaves loopback).
+  int hole = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  address any = address::ip("127.0.0.1", 0);
+  REQUIRE(::bind(hole, any.data(), any.size()) == 0);
+  REQUIRE(::listen(hole, 0) == 0);
+  address hole_addr;
+  *hole_addr.size_ptr() = address::capacity;
+  ::getsockname(hole, hole_addr.data(), hole_addr.size_ptr());
+  std::vector<io_stream> fillers;
+  bool hangs = run_sync(loop, [&] {
+    for (int i = 0; i < 8; ++i) {
+      try {
+        fillers.push_back(squall::tcp_connect(hole_addr, {.deadline = io_loop::now() + 100ms}));
+      } catch (const std::system_error& e) {
+        if (e.code() == squall::error::timed_out) return true;
+        throw;
+      }
+    }
+    return false;
+  });
+  REQUIRE(hangs);
+
+  squall::tcp_server server(loop, echo);
+  server.listen(0, "127.0.0.1");
+  auto good = server.addresses().at(0);
+  std::vector<address> both{hole_addr, good};
+  auto t0 = io_loop::now();
+  auto reply = run_sync(loop, [&] {
+    io_stream c =
+        squall::tcp_connect(both, {.deadline = io_loop::now() + 5s, .attempt_delay = 50ms});
+    return ask(c, "eyeballs");
+  });
+  auto took = io_loop::now() - t0;
+  CHECK(reply == "eyeballs");
+  CHECK(took >= 45ms);  // the first attempt got its head start
+  CHECK(took < 3s);
+  // All addresses failing gives the last error.
+  server.stop();
+  CHECK(code_of([&] {
+          run_sync(loop, [&] {
+            squall::tcp_connect(std::vector<address>{good, good}, {.attempt_delay = 10ms});
+          });
+        }) == std::errc::connection_refused);
+  ::close(hole);
+}
+
+TEST_CASE("Unix domain sockets: server and client through the same io_stream") {
+  io_loop loop;
+  std::string path = "/tmp/squall-test-" + std::to_string(::getpid()) + ".sock";
+  squall::tcp_server server(loop, echo);
+  server.add_sockets({squall::bind_unix_socket(path)});
+  auto reply = run_sync(loop, [&] {
+    io_stream c = squall::unix_connect(path);
+    return ask(c, "over unix");
+  });
+  CHECK(reply == "over unix");
+  ::unlink(path.c_str());
+}
+
+TEST_CASE("UDP: send_to and recv_from between two sockets") {
+  io_loop loop;
+  auto a = squall::udp_socket::bind(loop, address::ip("127.0.0.1", 0));
+  auto b = squall::udp_socket::bind(loop, address::ip("127.0.0.1", 0));
+  run_sync(loop, [&] {
+    auto pong = spawn(loop, [&] {
+      char buf[64];
+      address from;
+      std::size_t n = b.recv_from(buf, sizeof buf, &from);
+      CHECK(from == a.local_address());
+      b.send_to(buf, n, from);
+    });
+    a.send_to("datagram", 8, b.local_address());
+    char buf[64];
+    address from;
+    std::size_t n = a.recv_from(buf, sizeof buf, &from);
+    CHECK(std::string(buf, n) == "datagram");
+    CHECK(from == b.local_address());
+    pong.join();
+    CHECK(code_of([&] { a.recv_from(buf, sizeof buf, &from, io_loop::now() + 5ms); }) ==
+          squall::error::timed_out);
+  });
+}
+
+TEST_CASE("out of fds: accept backs off, logs once, and resumes when fds free up") {
+  log_capture logs;
+  io_loop loop;
+  squall::tcp_server server(loop, echo);
+  server.listen(0, "127.0.0.1");
+  auto addr = server.addresses().at(0);
+  // Clients' sockets are made first: once the limit is lowered nothing can open an fd.
+  std::vector<int> client_fds;
+  for (int i = 0; i < 4; ++i)
+    client_fds.push_back(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  std::vector<int> spare;
+  for (int i = 0; i < 16; ++i)
+    spare.push_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  int highest = 0;
+  for (int fd = 0; fd < 65536; ++fd)
+    if (::fcntl(fd, F_GETFD) >= 0) highest = fd;
+  rlimit old{};
+  ::getrlimit(RLIMIT_NOFILE, &old);
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(highest + 1);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  // Fill the holes below the limit too: fd numbers are what the limit bounds.
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;)
+    spare.push_back(fd);
+
+  std::vector<io_stream> clients;
+  run_sync(loop, [&] {
+    for (int fd : client_fds) {
+      squall::async_fd afd(loop, fd);
+      afd.connect(addr);
+      clients.emplace_back(std::move(afd));
+    }
+    clients[0].write("x");
+    clients[0].flush();
+    // The server cannot accept: no reply, and its accept loop sleeps instead of spinning.
+    CHECK(code_of([&] { clients[0].read_exactly(1, io_loop::now() + 200ms); }) ==
+          squall::error::timed_out);
+    CHECK(server.connection_count() == 0);
+    CHECK(logs.count("backing off") == 1);
+    for (int fd : spare)
+      ::close(fd);
+    spare.clear();
+    CHECK(clients[0].read_exactly(1, io_loop::now() + 5s) == "x");
+    for (std::size_t i = 1; i < clients.size(); ++i)
+      CHECK(ask(clients[i], "y") == "y");
+    CHECK(logs.count("accept works again") == 1);
+  });
+  ::setrlimit(RLIMIT_NOFILE, &old);
+}
+
+TEST_CASE("5,000 concurrent connections from another process" * doctest::timeout(120)) {
+  io_loop loop;
+  // Small stacks: 5,000 fibers with guard pages are 10,000 mappings of the 65,530 allowed.
+  auto cfg = squall::get_fiber_config(loop);
+  cfg.stack_size = 64 * 1024;
+  squall::set_fiber_config(loop, cfg);
+  squall::tcp_server server(loop, echo);
+  server.listen(0, "127.0.0.1");
+  std::string cmd = std::string(SQUALL_LOAD_CLIENT) + " 127.0.0.1 " +
+                    std::to_string(server.addresses().at(0).port()) + " 5000 2>&1";
+  FILE* child = ::popen(cmd.c_str(), "r");
+  REQUIRE(child != nullptr);
+  int fd = ::fileno(child);
+  std::string out;
+  bool done = false;
+  std::size_t open_when_told = 0;
+  loop.add_handler(fd, io_loop::read, [&](int f, unsigned) {
+    char buf[512];
+    ssize_t n = ::read(f, buf, sizeof buf);
+    if (n <= 0) {
+      done = true;
+      return;
+    }
+    out.append(buf, static_cast<std::size_t>(n));
+    // The client holds every connection open for a moment after saying so.
+    if (open_when_told == 0 && out.find("all open") != std::string::npos)
+      open_when_told = server.connection_count();
+  });
+  CHECK(squall::test::run_until(
+      loop, [&] { return done; }, 110s));
+  loop.remove_handler(fd);
+  int status = ::pclose(child);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK(out.find("5000 connections ok") != std::string::npos);
+  CHECK(server.accepted() == 5000);
+  CHECK(open_when_told == 5000);
+}
