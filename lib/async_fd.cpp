@@ -32,6 +32,15 @@ struct fd_state final : io_completion {
   bool ring = false;        // operations go on the io_uring ring
   bool socket = false;      // sockets use send/recv (MSG_NOSIGNAL); others read/write
   bool registered = false;  // add_io() done (readiness backends)
+  // Edge-triggered hints: false once a read (write) came up short or hit EAGAIN, true again
+  // when the next edge arrives. While false, the next call waits for the edge instead of
+  // trying a syscall that would only say EAGAIN: an echo round trip then costs epoll_wait,
+  // recv and send, like hand-written epoll code, instead of four syscalls.
+  bool may_read = true;
+  bool may_write = true;
+  // The peer hung up or the socket has an error: sticky, because end of stream (or the error)
+  // is reported by the next syscall without another edge.
+  bool hup = false;
   waiter* reader = nullptr;
   waiter* writer = nullptr;
 };
@@ -79,6 +88,9 @@ void unclaim(slot_ptr slot, waiter& w) {
 // Edge-triggered reports for a registered fd: wake whoever waits in that direction.
 void on_readiness(detail::io_completion* c, unsigned events, int, unsigned) {
   auto* st = static_cast<fd_state*>(c);
+  if (events & io_loop::error) st->hup = true;
+  if (events & (io_loop::read | io_loop::error)) st->may_read = true;
+  if (events & (io_loop::write | io_loop::error)) st->may_write = true;
   waiter* r = events & (io_loop::read | io_loop::error) ? st->reader : nullptr;
   waiter* w = events & (io_loop::write | io_loop::error) ? st->writer : nullptr;
   // Both slots are read before either fiber runs: the first may close and free the state.
@@ -100,16 +112,26 @@ void wait_edge(fd_state& st, slot_ptr slot, const char* what, time_point deadlin
 void wait_ring_poll(fd_state& st, slot_ptr slot, const char* what, time_point deadline);
 
 // Tries `sys()`; on EAGAIN waits for the next edge (or, for a non-socket fd on io_uring, a poll
-// operation) and tries again.
+// operation) and tries again. `want` is how many bytes were asked for: a shorter result means
+// the kernel's buffer was drained (or filled), so the next call waits for the edge first. 0
+// means a result says nothing about the next call (accept, datagrams).
 template <class Sys>
 std::size_t readiness_op(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
-                         Sys sys) {
+                         std::size_t want, Sys sys) {
+  bool& may = slot == &fd_state::reader ? st.may_read : st.may_write;
   for (;;) {
-    ssize_t r = sys();
-    if (r >= 0) return static_cast<std::size_t>(r);
-    int e = errno;
-    if (e == EINTR) continue;
-    if (e != EAGAIN && e != EWOULDBLOCK) fail_errno(e, what);
+    if (may || st.hup || st.ring) {
+      ssize_t r = sys();
+      if (r >= 0) {
+        // 0 is end of stream for a read and says nothing about the next call.
+        if (r > 0 && static_cast<std::size_t>(r) < want) may = false;
+        return static_cast<std::size_t>(r);
+      }
+      int e = errno;
+      if (e == EINTR) continue;
+      if (e != EAGAIN && e != EWOULDBLOCK) fail_errno(e, what);
+      may = false;
+    }
     if (st.ring)
       wait_ring_poll(st, slot, what, deadline);
     else
@@ -266,7 +288,7 @@ std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline)
     return static_cast<std::size_t>(ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
       return st.be->submit_recv(st.fd, buf, len, 0, op);
     }));
-  return readiness_op(st, &fd_state::reader, what, deadline, [&] {
+  return readiness_op(st, &fd_state::reader, what, deadline, len, [&] {
     return st.socket ? ::recv(st.fd, buf, len, 0) : ::read(st.fd, buf, len);
   });
 }
@@ -281,7 +303,9 @@ std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadli
     return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
-  return readiness_op(st, &fd_state::writer, what, deadline, [&] {
+  std::size_t want = 0;
+  for (int i = 0; i < iovcnt; ++i) want += iov[i].iov_len;
+  return readiness_op(st, &fd_state::writer, what, deadline, want, [&] {
     return st.socket ? ::sendmsg(st.fd, &msg, MSG_NOSIGNAL) : ::writev(st.fd, iov, iovcnt);
   });
 }
@@ -329,7 +353,7 @@ int async_fd::accept(address* peer, time_point deadline) {
       return st.be->submit_accept(st.fd, a.data(), reinterpret_cast<unsigned*>(a.size_ptr()),
                                   SOCK_CLOEXEC, op);
     });
-  return static_cast<int>(readiness_op(st, &fd_state::reader, what, deadline, [&] {
+  return static_cast<int>(readiness_op(st, &fd_state::reader, what, deadline, 0, [&] {
     return ::accept4(st.fd, a.data(), a.size_ptr(), SOCK_NONBLOCK | SOCK_CLOEXEC);
   }));
 }
@@ -368,8 +392,7 @@ std::size_t async_fd::recv_from(void* buf, std::size_t len, address* from, time_
       return st.be->submit_recvmsg(st.fd, &msg, 0, op);
     }));
   } else {
-    n = readiness_op(st, &fd_state::reader, what, deadline,
-                     [&] { return ::recvmsg(st.fd, &msg, 0); });
+    n = readiness_op(st, &fd_state::reader, what, deadline, 0, [&] { return ::recvmsg(st.fd, &msg, 0); });
   }
   *a.size_ptr() = msg.msg_namelen;
   return n;
@@ -389,8 +412,7 @@ std::size_t async_fd::send_to(const void* buf, std::size_t len, const address& t
     return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
-  return readiness_op(st, &fd_state::writer, what, deadline,
-                      [&] { return ::sendmsg(st.fd, &msg, MSG_NOSIGNAL); });
+  return readiness_op(st, &fd_state::writer, what, deadline, 0, [&] { return ::sendmsg(st.fd, &msg, MSG_NOSIGNAL); });
 }
 
 namespace {

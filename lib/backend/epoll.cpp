@@ -65,9 +65,11 @@ class epoll_backend final : public backend {
         unsigned interest = static_cast<unsigned>((d & ~handler_tag) >> 32);
         out[i] = ready_event{fd, from_epoll(evs[i].events, interest)};
       } else {
-        // A fiber I/O registration: data is its io_completion.
+        // A fiber I/O registration: data is its io_completion. A half-close (RDHUP) counts as
+        // a hang-up here: the fiber layer must keep reading until it sees the end of stream.
         ready_event ev;
         ev.events = from_epoll(evs[i].events, io_loop::read | io_loop::write);
+        if (evs[i].events & EPOLLRDHUP) ev.events |= io_loop::error;
         ev.io = static_cast<io_completion*>(evs[i].data.ptr);
         out[i] = ev;
       }
