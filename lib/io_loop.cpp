@@ -3,7 +3,7 @@
 //
 // One iteration, in order: compute how long we may sleep; wait in the backend; run handlers of
 // ready fds; run due timers; run queued callbacks. Callbacks queued while callbacks run are
-// taken in further rounds of the same iteration, up to `callback_rounds`, so a chain of
+// run in further rounds of the same iteration, up to `callback_rounds`, so a chain of
 // callbacks does not pay a backend syscall per link, while I/O still gets its turn.
 #include "squall/io_loop.hpp"
 
@@ -23,7 +23,10 @@ namespace squall {
 namespace detail {
 
 constexpr int max_ready = 256;
-constexpr int callback_rounds = 16;
+// Callbacks added while callbacks run are run in further rounds of the same iteration, up to
+// this many, before the loop looks at I/O again: a chain of callbacks then costs one backend
+// wait per 64 links instead of one per link, and I/O cannot be starved.
+constexpr std::size_t callback_rounds = 64;
 
 struct fd_entry {
   // Boxed, so that moving it to the zombie slot (a handler removing itself) leaves the running
@@ -61,8 +64,14 @@ struct fd_table {
   }
 };
 
-backend& backend_of(io_loop& loop) noexcept {
-  return *loop.backend_;
+backend& backend_of(io_loop& loop) noexcept { return *loop.backend_; }
+
+// Thread ids come from a counter (a thread-local's address would be reused by a thread started
+// after another exited).
+__attribute__((tls_model("initial-exec"))) thread_local std::uintptr_t t_thread_id = 0;
+std::uintptr_t assign_thread_id() noexcept {
+  static std::atomic<std::uintptr_t> next{0};
+  return t_thread_id = ++next;
 }
 
 // An io_completion is going away (its socket was closed): reports for it still ahead in the
@@ -80,13 +89,7 @@ namespace {
 thread_local io_loop* t_current = nullptr;
 thread_local std::unique_ptr<io_loop> t_default_loop;
 
-// A cheap identity for the calling thread, never reused (a thread-local's address would be
-// reused by a thread started after another exited).
-std::atomic<std::uintptr_t> g_thread_ids{0};
-std::uintptr_t self_id() noexcept {
-  static thread_local const std::uintptr_t id = ++g_thread_ids;
-  return id;
-}
+std::uintptr_t self_id() noexcept { return detail::thread_id(); }
 
 std::int64_t ns(time_point t) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -259,7 +262,7 @@ void io_loop::stop() {
 }
 
 duration io_loop::compute_wait(duration max_wait) {
-  if (stop_requested_ || !local_q_.empty()) return duration::zero();
+  if (stop_requested_ || !queues_[adding_].empty()) return duration::zero();
   if (timers_->empty()) return max_wait;
   std::int64_t until = timers_->earliest() - ns(now());
   if (until <= 0) return duration::zero();
@@ -285,15 +288,16 @@ void io_loop::iterate(duration max_wait) {
   struct restore {
     io_loop& l;
     ~restore() {
-      l.run_q_.clear();
       l.fds_->ready_count = 0;
       l.sleeping_.store(true, std::memory_order_seq_cst);
     }
   } guard{*this};
 
   run_ready_events(n);
-  iteration_now_ = now();
-  run_timers();
+  if (!timers_->empty()) {
+    iteration_now_ = now();
+    run_timers();
+  }
   run_callbacks();
 }
 
@@ -345,25 +349,33 @@ void io_loop::run_timers() {
 }
 
 void io_loop::run_callbacks() {
-  for (int round = 0; round < detail::callback_rounds; ++round) {
-    run_q_.swap(local_q_);
-    if (remote_pending_.load(std::memory_order_acquire)) {
-      std::lock_guard<std::mutex> lock(remote_mu_);
-      for (auto& cb : remote_q_)
-        run_q_.push_back(std::move(cb));
-      remote_q_.clear();
-      remote_pending_.store(false, std::memory_order_relaxed);
-    }
-    if (run_q_.empty()) return;
-    for (auto& cb : run_q_) {
+  for (std::size_t round = 0; round < detail::callback_rounds; ++round) {
+    take_remote();
+    std::vector<queued_callback>& batch = queues_[adding_];
+    if (batch.empty()) return;
+    adding_ ^= 1;  // what this batch adds goes to the other queue, for the next round
+    // Cleared however the batch ends, so a callback never runs twice.
+    struct clear_batch {
+      std::vector<queued_callback>& q;
+      ~clear_batch() { q.clear(); }  // keeps the capacity: no allocation next time
+    } done{batch};
+    for (auto& cb : batch) {
       try {
         cb.fn();
       } catch (...) {
         report_exception("callback added", cb.where);
       }
     }
-    run_q_.clear();
   }
+}
+
+// Moves callbacks posted from other threads to the end of the local queue.
+void io_loop::take_remote() {
+  if (!remote_pending_.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(remote_mu_);
+  for (auto& cb : remote_q_) queues_[adding_].push_back(std::move(cb));
+  remote_q_.clear();
+  remote_pending_.store(false, std::memory_order_relaxed);
 }
 
 void io_loop::drain_wakeups() {
@@ -391,15 +403,6 @@ void io_loop::report_exception(const char* kind, const std::source_location& whe
 
 // --- Callbacks -------------------------------------------------------------------------------
 
-void io_loop::add_callback(unique_function<void()> fn, std::source_location where) {
-  // The unlocked queue belongs to the thread inside run()/run_once(). Before the loop runs,
-  // every post takes the locked path: the thread that will run it may be starting right now.
-  if (on_running_thread()) {
-    local_q_.push_back(queued_callback{std::move(fn), where});
-    return;
-  }
-  post_remote(queued_callback{std::move(fn), where});
-}
 
 void io_loop::post_remote(queued_callback cb) {
   {
@@ -422,7 +425,7 @@ void io_loop::wake() {
 }
 
 std::size_t io_loop::pending_callbacks() const noexcept {
-  std::size_t n = local_q_.size();
+  std::size_t n = queues_[adding_].size();
   if (remote_pending_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(remote_mu_);
     n += remote_q_.size();
@@ -646,7 +649,7 @@ int io_loop::backend_fd() {
 }
 
 int io_loop::backend_timeout_ms() const {
-  if (stop_requested_ || !local_q_.empty() || remote_pending_.load(std::memory_order_acquire))
+  if (stop_requested_ || !queues_[adding_].empty() || remote_pending_.load(std::memory_order_acquire))
     return 0;
   if (timers_->empty()) return -1;
   std::int64_t until = timers_->earliest() - ns(now());

@@ -41,16 +41,14 @@ class unique_function<R(Args...)> {
   }
 
   unique_function(unique_function&& o) noexcept : ops_(o.ops_) {
-    if (ops_) ops_->relocate(buf_, o.buf_);
-    o.ops_ = nullptr;
+    take(o);
   }
 
   unique_function& operator=(unique_function&& o) noexcept {
     if (this != &o) {
       reset();
       ops_ = o.ops_;
-      if (ops_) ops_->relocate(buf_, o.buf_);
-      o.ops_ = nullptr;
+      take(o);
     }
     return *this;
   }
@@ -77,7 +75,7 @@ class unique_function<R(Args...)> {
     if (ops_) {
       auto* ops = ops_;
       ops_ = nullptr;
-      ops->destroy(buf_);
+      if (!ops->trivial) ops->destroy(buf_);
     }
   }
 
@@ -86,7 +84,18 @@ class unique_function<R(Args...)> {
     R (*invoke)(void*, Args&&...);
     void (*relocate)(void* dst, void* src) noexcept;  // move-construct into dst, destroy src
     void (*destroy)(void*) noexcept;
+    // Trivially destructible (a lambda capturing pointers or references, the common case):
+    // destroyed by doing nothing, without an indirect call.
+    bool trivial;
   };
+
+  // Moves o's target into this (ops_ already copied from o) and empties o.
+  void take(unique_function& o) noexcept {
+    if (ops_) {
+      ops_->relocate(buf_, o.buf_);
+    }
+    o.ops_ = nullptr;
+  }
 
   template <class D>
   static constexpr bool fits_inline =
@@ -102,7 +111,8 @@ class unique_function<R(Args...)> {
                                           ::new (dst) D(std::move(*static_cast<D*>(src)));
                                           static_cast<D*>(src)->~D();
                                         },
-                                        [](void* p) noexcept { static_cast<D*>(p)->~D(); }};
+                                        [](void* p) noexcept { static_cast<D*>(p)->~D(); },
+      std::is_trivially_destructible_v<D>};
 
   template <class D>
   static constexpr ops_table heap_ops{
@@ -110,7 +120,8 @@ class unique_function<R(Args...)> {
         return std::invoke(**static_cast<D**>(p), std::forward<Args>(a)...);
       },
       [](void* dst, void* src) noexcept { *static_cast<D**>(dst) = *static_cast<D**>(src); },
-      [](void* p) noexcept { delete *static_cast<D**>(p); }};
+      [](void* p) noexcept { delete *static_cast<D**>(p); },
+      false};
 
   alignas(void*) unsigned char buf_[inline_size];
   const ops_table* ops_ = nullptr;
