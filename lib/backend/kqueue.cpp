@@ -47,6 +47,15 @@ class kqueue_backend final : public backend {
     for (int i = 0; i < r; ++i) {
       int fd = static_cast<int>(evs[i].ident);
       if (evs[i].flags & EV_ERROR) continue;  // a failed change; the fd was probably closed
+      if (evs[i].udata) {
+        // A fiber I/O registration (add_io): reported to its io_completion, not merged.
+        ready_event ev;
+        ev.events = evs[i].filter == EVFILT_READ ? io_loop::read : io_loop::write;
+        if (evs[i].flags & EV_EOF) ev.events |= io_loop::error;
+        ev.io = static_cast<io_completion*>(evs[i].udata);
+        out[count++] = ev;
+        continue;
+      }
       unsigned e = evs[i].filter == EVFILT_READ ? io_loop::read : io_loop::write;
       if (evs[i].flags & EV_EOF) e |= io_loop::error | interest(fd);
       int j = 0;
@@ -70,6 +79,21 @@ class kqueue_backend final : public backend {
   }
 
   void flush() noexcept override { (void)pollable_fd(); }
+
+  // Fiber I/O: both filters, edge-triggered (EV_CLEAR), registered once for the fd's life.
+  int add_io(int fd, io_completion* io) noexcept override {
+    struct kevent ev[2];
+    EV_SET(&ev[0], static_cast<uintptr_t>(fd), EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0, io);
+    EV_SET(&ev[1], static_cast<uintptr_t>(fd), EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0, io);
+    return ::kevent(kq_, ev, 2, nullptr, 0, nullptr) == 0 ? 0 : -errno;
+  }
+
+  int remove_io(int fd) noexcept override {
+    struct kevent ev[2];
+    EV_SET(&ev[0], static_cast<uintptr_t>(fd), EVFILT_READ, EV_DELETE, 0, 0, nullptr);
+    EV_SET(&ev[1], static_cast<uintptr_t>(fd), EVFILT_WRITE, EV_DELETE, 0, 0, nullptr);
+    return ::kevent(kq_, ev, 2, nullptr, 0, nullptr) == 0 ? 0 : -errno;
+  }
 
  private:
   unsigned interest(int fd) const noexcept {
