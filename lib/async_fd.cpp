@@ -304,7 +304,8 @@ std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadli
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
   std::size_t want = 0;
-  for (int i = 0; i < iovcnt; ++i) want += iov[i].iov_len;
+  for (int i = 0; i < iovcnt; ++i)
+    want += iov[i].iov_len;
   return readiness_op(st, &fd_state::writer, what, deadline, want, [&] {
     return st.socket ? ::sendmsg(st.fd, &msg, MSG_NOSIGNAL) : ::writev(st.fd, iov, iovcnt);
   });
@@ -392,7 +393,8 @@ std::size_t async_fd::recv_from(void* buf, std::size_t len, address* from, time_
       return st.be->submit_recvmsg(st.fd, &msg, 0, op);
     }));
   } else {
-    n = readiness_op(st, &fd_state::reader, what, deadline, 0, [&] { return ::recvmsg(st.fd, &msg, 0); });
+    n = readiness_op(st, &fd_state::reader, what, deadline, 0,
+                     [&] { return ::recvmsg(st.fd, &msg, 0); });
   }
   *a.size_ptr() = msg.msg_namelen;
   return n;
@@ -412,7 +414,8 @@ std::size_t async_fd::send_to(const void* buf, std::size_t len, const address& t
     return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
-  return readiness_op(st, &fd_state::writer, what, deadline, 0, [&] { return ::sendmsg(st.fd, &msg, MSG_NOSIGNAL); });
+  return readiness_op(st, &fd_state::writer, what, deadline, 0,
+                      [&] { return ::sendmsg(st.fd, &msg, MSG_NOSIGNAL); });
 }
 
 namespace {

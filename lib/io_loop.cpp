@@ -64,7 +64,9 @@ struct fd_table {
   }
 };
 
-backend& backend_of(io_loop& loop) noexcept { return *loop.backend_; }
+backend& backend_of(io_loop& loop) noexcept {
+  return *loop.backend_;
+}
 
 // Thread ids come from a counter (a thread-local's address would be reused by a thread started
 // after another exited).
@@ -89,7 +91,9 @@ namespace {
 thread_local io_loop* t_current = nullptr;
 thread_local std::unique_ptr<io_loop> t_default_loop;
 
-std::uintptr_t self_id() noexcept { return detail::thread_id(); }
+std::uintptr_t self_id() noexcept {
+  return detail::thread_id();
+}
 
 std::int64_t ns(time_point t) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -373,7 +377,8 @@ void io_loop::run_callbacks() {
 void io_loop::take_remote() {
   if (!remote_pending_.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(remote_mu_);
-  for (auto& cb : remote_q_) queues_[adding_].push_back(std::move(cb));
+  for (auto& cb : remote_q_)
+    queues_[adding_].push_back(std::move(cb));
   remote_q_.clear();
   remote_pending_.store(false, std::memory_order_relaxed);
 }
@@ -402,7 +407,6 @@ void io_loop::report_exception(const char* kind, const std::source_location& whe
 }
 
 // --- Callbacks -------------------------------------------------------------------------------
-
 
 void io_loop::post_remote(queued_callback cb) {
   {
@@ -649,7 +653,8 @@ int io_loop::backend_fd() {
 }
 
 int io_loop::backend_timeout_ms() const {
-  if (stop_requested_ || !queues_[adding_].empty() || remote_pending_.load(std::memory_order_acquire))
+  if (stop_requested_ || !queues_[adding_].empty() ||
+      remote_pending_.load(std::memory_order_acquire))
     return 0;
   if (timers_->empty()) return -1;
   std::int64_t until = timers_->earliest() - ns(now());

@@ -160,8 +160,8 @@ class io_loop {
   // (and from a signal-free context only: it takes a mutex when called off the loop's thread).
   // A sleeping loop is woken promptly. Never blocks, never runs `fn` inline.
   template <class F>
-    requires std::is_invocable_v<std::decay_t<F>&>
-  void add_callback(F&& fn, std::source_location where = std::source_location::current()) {
+  requires std::is_invocable_v < std::decay_t<F>
+  & > void add_callback(F&& fn, std::source_location where = std::source_location::current()) {
     // The unlocked queue belongs to the thread inside run()/run_once(). Before the loop runs,
     // every post takes the locked path: the thread that will run it may be starting right now.
     // On the fast path the callable is built in place in the queue: no copy, no move.

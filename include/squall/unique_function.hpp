@@ -40,9 +40,7 @@ class unique_function<R(Args...)> {
     }
   }
 
-  unique_function(unique_function&& o) noexcept : ops_(o.ops_) {
-    take(o);
-  }
+  unique_function(unique_function&& o) noexcept : ops_(o.ops_) { take(o); }
 
   unique_function& operator=(unique_function&& o) noexcept {
     if (this != &o) {
@@ -103,16 +101,15 @@ class unique_function<R(Args...)> {
       alignof(D) <= alignof(void*) && std::is_nothrow_move_constructible_v<D>;
 
   template <class D>
-  static constexpr ops_table inline_ops{[](void* p, Args&&... a) -> R {
-                                          return std::invoke(*static_cast<D*>(p),
-                                                             std::forward<Args>(a)...);
-                                        },
-                                        [](void* dst, void* src) noexcept {
-                                          ::new (dst) D(std::move(*static_cast<D*>(src)));
-                                          static_cast<D*>(src)->~D();
-                                        },
-                                        [](void* p) noexcept { static_cast<D*>(p)->~D(); },
-      std::is_trivially_destructible_v<D>};
+  static constexpr ops_table inline_ops{
+      [](void* p, Args&&... a) -> R {
+        return std::invoke(*static_cast<D*>(p), std::forward<Args>(a)...);
+      },
+      [](void* dst, void* src) noexcept {
+        ::new (dst) D(std::move(*static_cast<D*>(src)));
+        static_cast<D*>(src)->~D();
+      },
+      [](void* p) noexcept { static_cast<D*>(p)->~D(); }, std::is_trivially_destructible_v<D>};
 
   template <class D>
   static constexpr ops_table heap_ops{
@@ -120,8 +117,7 @@ class unique_function<R(Args...)> {
         return std::invoke(**static_cast<D**>(p), std::forward<Args>(a)...);
       },
       [](void* dst, void* src) noexcept { *static_cast<D**>(dst) = *static_cast<D**>(src); },
-      [](void* p) noexcept { delete *static_cast<D**>(p); },
-      false};
+      [](void* p) noexcept { delete *static_cast<D**>(p); }, false};
 
   alignas(void*) unsigned char buf_[inline_size];
   const ops_table* ops_ = nullptr;
