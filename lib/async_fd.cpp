@@ -73,8 +73,9 @@ void claim(fd_state& st, slot_ptr slot, waiter& w) {
   st.*slot = &w;
   w.data = &st;
   w.fd = st.fd;
-  // Dumps show the operation ("read"), not the error-message prefix ("squall: read").
-  if (std::strncmp(w.what, "squall: ", 8) == 0) w.what += 8;
+  // Dumps show the operation ("read"), not the error-message prefix: every `what` in this file
+  // is "squall: <operation>".
+  w.what += sizeof("squall: ") - 1;
 }
 
 // After a wait: give the slot back, unless close() took it (and maybe freed the state).

@@ -21,6 +21,9 @@ namespace {
   throw std::system_error(e, what);
 }
 
+// Writes at least this large are sent at once instead of being copied into the write buffer.
+constexpr std::size_t direct_write = 16 * 1024;
+
 }  // namespace
 
 io_stream::io_stream(io_loop& loop, int fd, io_stream_options opts)
@@ -181,7 +184,9 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
   std::size_t total = 0;
   for (auto p : pieces)
     total += p.size();
-  if (wlen_ + total <= opts_.write_high_water) {
+  // Small writes are gathered (pipelined responses leave in one send). A large one gains
+  // nothing from waiting and would cost a copy, so it goes out now, from the caller's memory.
+  if (wlen_ + total <= opts_.write_high_water && total < direct_write) {
     if (wcap_ - wlen_ < total) {
       std::size_t cap = std::max(std::max<std::size_t>(wcap_ * 2, 4096), wlen_ + total);
       char* nb = static_cast<char*>(std::realloc(wbuf_, cap));
@@ -195,8 +200,8 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
     }
     return;
   }
-  // Past the high-water mark: send what is buffered and the new pieces together, straight from
-  // the caller's memory (no copy), and wait until they are out.
+  // Past the high-water mark, or large: send what is buffered and the new pieces together,
+  // straight from the caller's memory (no copy), and wait until they are out.
   constexpr int max_pieces = 15;
   iovec iov[max_pieces + 1];
   int n = 0;

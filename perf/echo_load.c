@@ -9,7 +9,8 @@
 //
 // The server is at 127.0.0.1:P. Prints one result line, e.g.
 //   bench=pingpong conns=100 size=64 secs=5.000 msgs=1234567 msgs_per_s=246913.4
-//     bytes_per_s=15802457.6 server_cpu_s=4.210 server_ns_per_msg=3410.1 client_cpu_s=4.98
+//     bytes_per_s=15802457.6 server_cpu_s=4.210 server_ns_per_msg=3410.1 server_user_s=0.25
+//     client_cpu_s=4.98
 //     machine_busy_s=9.97 steal_s=0.01
 //
 // Methodology:
@@ -26,12 +27,13 @@
 //     the load runs for `warmup` seconds (default 1) unmeasured, then for `duration` seconds
 //     (default 5) measured. At both ends of the measured window the client reads the server's
 //     utime + stime from /proc/PID/stat (all its threads, in clock ticks); server_cpu_s is the
-//     difference and server_ns_per_msg = server_cpu_s / msgs. client_cpu_s is the client's
-//     own CPU time (getrusage) over the window, to show when the client is the bottleneck.
-//     machine_busy_s and steal_s are the whole machine's busy and hypervisor-stolen CPU time
-//     over the window (/proc/stat), so that perf/run_net can tell when other processes or the
-//     hypervisor took CPU from the run.
-//     The window boundaries are checked after every epoll_wait batch (at most 10 ms apart).
+//     difference and server_ns_per_msg = server_cpu_s / msgs. server_user_s is the utime part
+//     alone (the kernel splits utime and stime by sampling: an estimate, not exact).
+//     client_cpu_s is the client's own CPU time (getrusage) over the window, to show when the
+//     client is the bottleneck. machine_busy_s and steal_s are the whole machine's busy and
+//     hypervisor-stolen CPU time over the window (/proc/stat), so that perf/run_net can tell
+//     when other processes or the hypervisor took CPU from the run. The window's ends are
+//     checked after every epoll_wait batch (at most 10 ms apart).
 //   hold: opens N connections one after the other (blocking connect, send `size` bytes, read the
 //     echo back, check it), keeping them all open, then prints "ready conns=N" and waits until
 //     its stdin is closed; then it closes them and exits. perf/run_net reads the server's RSS
@@ -101,8 +103,9 @@ static double own_cpu_s(void) {
          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-// utime + stime of process `pid` in seconds, or -1.
-static double proc_cpu_s(int pid) {
+// utime + stime of process `pid` in seconds (and utime alone in *user), or -1.
+static double proc_cpu_s(int pid, double* user) {
+  *user = -1;
   if (pid <= 0) return -1;
   char path[64], buf[2048];
   snprintf(path, sizeof path, "/proc/%d/stat", pid);
@@ -119,7 +122,9 @@ static double proc_cpu_s(int pid) {
   // Fields 3..13 are skipped; 14 is utime, 15 stime.
   if (sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
     return -1;
-  return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+  double hz = (double)sysconf(_SC_CLK_TCK);
+  *user = (double)utime / hz;
+  return (double)(utime + stime) / hz;
 }
 
 // Busy (user + nice + system + irq + softirq) and steal CPU seconds of the whole machine.
@@ -176,6 +181,7 @@ static void raise_fd_limit(void) {
 struct window {
   double start, end;                      // CLOCK_MONOTONIC seconds
   double server0, server1;                // server CPU seconds at the window's ends
+  double user0, user1;                    // the user-space part of it
   double client0, client1;                // our CPU seconds
   double busy0, busy1, steal0, steal1;    // the whole machine's CPU seconds
   uint64_t msgs0, msgs1, bytes0, bytes1;  // counters at the window's ends
@@ -266,7 +272,7 @@ static void run_load(const struct options* o, int bulk) {
     if (phase == 0 && now >= w.start) {
       w.start = now;
       w.end = now + o->duration;
-      w.server0 = proc_cpu_s(o->server_pid);
+      w.server0 = proc_cpu_s(o->server_pid, &w.user0);
       w.client0 = own_cpu_s();
       machine_cpu_s(&w.busy0, &w.steal0);
       w.msgs0 = msgs;
@@ -274,7 +280,7 @@ static void run_load(const struct options* o, int bulk) {
       phase = 1;
     } else if (phase == 1 && now >= w.end) {
       w.end = now;
-      w.server1 = proc_cpu_s(o->server_pid);
+      w.server1 = proc_cpu_s(o->server_pid, &w.user1);
       w.client1 = own_cpu_s();
       machine_cpu_s(&w.busy1, &w.steal1);
       w.msgs1 = msgs;
@@ -286,15 +292,16 @@ static void run_load(const struct options* o, int bulk) {
   uint64_t wbytes = bulk ? w.bytes1 - w.bytes0 : (w.msgs1 - w.msgs0) * o->size;
   uint64_t wmsgs = bulk ? wbytes / o->size : w.msgs1 - w.msgs0;
   double server = (w.server0 >= 0 && w.server1 >= 0) ? w.server1 - w.server0 : -1;
+  double user = (w.user0 >= 0 && w.user1 >= 0) ? w.user1 - w.user0 : -1;
   if (wmsgs == 0) fail("no message completed in the measured window");
   printf(
       "bench=%s conns=%d size=%zu secs=%.3f msgs=%llu msgs_per_s=%.1f bytes_per_s=%.1f "
-      "server_cpu_s=%.3f server_ns_per_msg=%.1f client_cpu_s=%.3f machine_busy_s=%.2f "
-      "steal_s=%.2f\n",
+      "server_cpu_s=%.3f server_ns_per_msg=%.1f server_user_s=%.3f client_cpu_s=%.3f "
+      "machine_busy_s=%.2f steal_s=%.2f\n",
       bulk ? "bulk" : "pingpong", o->conns, o->size, secs, (unsigned long long)wmsgs,
       (double)wmsgs / secs, (double)wbytes / secs, server,
-      server >= 0 ? server * 1e9 / (double)wmsgs : -1.0, w.client1 - w.client0, w.busy1 - w.busy0,
-      w.steal1 - w.steal0);
+      server >= 0 ? server * 1e9 / (double)wmsgs : -1.0, user, w.client1 - w.client0,
+      w.busy1 - w.busy0, w.steal1 - w.steal0);
   for (int i = 0; i < o->conns; ++i)
     close(cs[i].fd);
   close(ep);

@@ -10,9 +10,12 @@
 //     is one send from inside the read callback);
 //   - backpressure: while more than 1 MiB of echo is queued the connection stops reading, and
 //     resumes when the queue is empty (matters only in the bulk test);
-//   - EOF or an error closes the handle.
+//   - EOF or an error closes the handle;
+//   - SIGPIPE is ignored (libuv writes with plain write(), so a peer that is gone would
+//     otherwise kill the process; every libuv server does this).
 //
 // SIGTERM/SIGINT end it (default action).
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +114,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  signal(SIGPIPE, SIG_IGN);
   loop = uv_default_loop();
   uv_tcp_t server;
   uv_tcp_init(loop, &server);

@@ -296,3 +296,17 @@ TEST_CASE("pipelined writes go out together when the reader has to wait") {
     peer.join();
   });
 }
+
+TEST_CASE("a large write goes out at once instead of being copied into the buffer") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    p.a.write("small");
+    CHECK(p.a.pending_write() == 5);  // gathered
+    std::string big(32 * 1024, 'L');
+    p.a.write(big);
+    CHECK(p.a.pending_write() == 0);  // sent with the buffered bytes, from our memory
+    auto got = std::string(p.b.read_exactly(5 + big.size()));
+    CHECK(got == "small" + big);
+  });
+}

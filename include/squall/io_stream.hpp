@@ -10,7 +10,8 @@
 // Reads return views into the stream's read buffer, valid until the next read call on the
 // stream: the common path copies nothing. Writes are buffered: write() appends and only sends
 // once the unsent data passes `write_high_water` (then the fiber waits until it is sent:
-// backpressure); flush() sends everything. A read that has to wait for the peer sends pending
+// backpressure); flush() sends everything. A single write of 16 KiB or more is sent at once
+// (with whatever was buffered before it), from the caller's memory, without a copy. A read that has to wait for the peer sends pending
 // writes first, so a request/response exchange never deadlocks on unsent data, and pipelined
 // responses go out in one send.
 //
