@@ -294,6 +294,133 @@ std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline)
   });
 }
 
+namespace {
+
+// A send and a receive in flight together on the ring, for write_all_read_some. The fiber
+// suspends on one waiter at a time; each completion wakes the current one, and the fiber looks
+// at both operations again. It returns only once neither is in the kernel any more: both use
+// memory on its stack.
+struct duplex {
+  struct op final : detail::io_completion {
+    duplex* d = nullptr;
+    int res = 0;
+    bool busy = false;  // submitted, completion not seen yet
+  };
+  struct wait final : waiter {
+    duplex* d = nullptr;
+  };
+  op send, recv;
+  wait* current = nullptr;  // the wait the fiber is in, if any
+  detail::backend* be = nullptr;
+  int fd = -1;
+
+  static void on_complete(detail::io_completion* c, unsigned, int res, unsigned) {
+    auto* o = static_cast<op*>(c);
+    o->res = res;
+    o->busy = false;
+    if (wait* w = o->d->current) detail::wake_now(*w);
+  }
+  void cancel_busy() {
+    for (op* o : {&send, &recv})
+      if (o->busy) be->submit_cancel(o);
+  }
+  // Deadline, cancellation or close(): ask the kernel to cancel what is still in flight; the
+  // fiber keeps waiting until both completions are in.
+  static void abandon(waiter& w) { static_cast<wait&>(w).d->cancel_busy(); }
+};
+
+}  // namespace
+
+std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                          time_point deadline) {
+  static constexpr const char* what = "squall: write and read";
+  fd_state& st = state(st_, what);
+  constexpr int max_iov = 16;
+  if (!waits_on_ring(st) || iovcnt > max_iov) {
+    write_all(iov, iovcnt, deadline);
+    return read_some(buf, len, deadline);
+  }
+  duplex d;
+  d.be = st.be;
+  d.fd = st.fd;
+  d.send.d = d.recv.d = &d;
+  d.send.complete = d.recv.complete = duplex::on_complete;
+  iovec left[max_iov];
+  for (int i = 0; i < iovcnt; ++i)
+    left[i] = iov[i];
+  iovec* cur = left;
+  int cur_n = iovcnt;
+  msghdr msg{};
+  auto submit_send = [&] {
+    msg.msg_iov = cur;
+    msg.msg_iovlen = static_cast<std::size_t>(cur_n);
+    int r = d.be->submit_sendmsg(d.fd, &msg, MSG_NOSIGNAL, &d.send);
+    d.send.busy = r == 0;
+    return r;
+  };
+  std::error_code failed;  // why the exchange ended early, if it did
+  auto end_early = [&](std::error_code ec) {
+    if (!failed) failed = ec;
+    d.cancel_busy();
+  };
+  if (int r = submit_send(); r < 0) fail_errno(-r, what);
+  if (int r = d.be->submit_recv(d.fd, buf, len, 0, &d.recv); r < 0)
+    end_early(socket_error(-r));
+  else
+    d.recv.busy = true;
+
+  bool sent_all = false;
+  bool closed = false;  // another fiber closed the fd: its state may be gone, do not touch it
+  for (;;) {
+    if (!d.send.busy && !sent_all && !failed) {
+      if (d.send.res < 0) {
+        end_early(socket_error(-d.send.res));
+      } else {
+        // Advance past what was sent; a short send goes on from there.
+        std::size_t done = static_cast<std::size_t>(d.send.res);
+        while (cur_n > 0 && done >= cur->iov_len) {
+          done -= cur->iov_len;
+          ++cur;
+          --cur_n;
+        }
+        if (cur_n == 0) {
+          sent_all = true;
+        } else {
+          cur->iov_base = static_cast<char*>(cur->iov_base) + done;
+          cur->iov_len -= done;
+          if (int r = submit_send(); r < 0) end_early(socket_error(-r));
+        }
+      }
+    }
+    if (!d.send.busy && !d.recv.busy) break;
+    duplex::wait w;
+    w.d = &d;
+    w.what = what;
+    w.abandon = duplex::abandon;
+    if (!closed) claim(*st_, &fd_state::reader, w);
+    d.current = &w;
+    detail::suspend(w, deadline);
+    d.current = nullptr;
+    if (!closed) {
+      if (w.data) {
+        unclaim(&fd_state::reader, w);
+      } else {
+        closed = true;
+        end_early(error::closed);
+      }
+    }
+    if (w.abandoning) end_early(w.abandon_reason);
+  }
+  if (failed) {
+    // Data that arrived after everything was sent is returned, not lost; the cause of the
+    // early end is reported by the next call.
+    if (sent_all && d.recv.res > 0) return static_cast<std::size_t>(d.recv.res);
+    fail(failed, what);
+  }
+  if (d.recv.res >= 0) return static_cast<std::size_t>(d.recv.res);
+  fail_errno(-d.recv.res, what);
+}
+
 std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadline) {
   static constexpr const char* what = "squall: write";
   fd_state& st = state(st_, what);

@@ -44,6 +44,20 @@ io_stream::io_stream(io_stream&& o) noexcept
       wcap_(std::exchange(o.wcap_, 0)),
       wlen_(std::exchange(o.wlen_, 0)) {}
 
+struct io_stream::sending_scope {
+  io_stream& s;
+  explicit sending_scope(io_stream& st) : s(st) { s.sending_ = true; }
+  ~sending_scope() {
+    s.sending_ = false;
+    s.send_done_.notify_all();
+  }
+};
+
+void io_stream::wait_not_sending(time_point deadline) {
+  while (sending_)
+    send_done_.wait(deadline);
+}
+
 io_stream& io_stream::operator=(io_stream&& o) noexcept {
   if (this != &o) {
     this->~io_stream();
@@ -97,12 +111,25 @@ void io_stream::reserve_read(std::size_t extra) {
 
 bool io_stream::fill(time_point deadline) {
   if (eof_) return false;
-  // About to wait for the peer: anything we owe it goes first (see the header).
-  if (wlen_ > 0) flush(deadline);
   if (rend_ - rpos_ >= opts_.max_buffer_size)
     fail(error::buffer_full, "squall: read buffer reached max_buffer_size");
   reserve_read(std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_)));
-  std::size_t n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+  std::size_t n;
+  if (wlen_ > 0 && !sending_) {
+    // About to wait for the peer: anything we owe it goes first (see the header), in one step
+    // with the read, so that io_uring submits both together. (If another fiber is sending the
+    // buffer right now, it is on its way already.)
+    if (!fd_.is_open()) fail(error::closed, "squall: read on a closed stream");
+    sending_scope sending(*this);
+    iovec out{wbuf_, wlen_};
+    struct forget {  // sent or failed: either way the bytes are no longer ours to send
+      std::size_t& n;
+      ~forget() { n = 0; }
+    } f{wlen_};
+    n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+  } else {
+    n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+  }
   if (n == 0) {
     eof_ = true;
     return false;
@@ -180,6 +207,7 @@ void io_stream::write(std::string_view data, time_point deadline) {
 }
 
 void io_stream::write(std::span<const std::string_view> pieces, time_point deadline) {
+  wait_not_sending(deadline);
   if (!fd_.is_open()) fail(error::closed, "squall: write on a closed stream");
   std::size_t total = 0;
   for (auto p : pieces)
@@ -202,6 +230,7 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
   }
   // Past the high-water mark, or large: send what is buffered and the new pieces together,
   // straight from the caller's memory (no copy), and wait until they are out.
+  sending_scope sending(*this);
   constexpr int max_pieces = 15;
   iovec iov[max_pieces + 1];
   int n = 0;
@@ -217,8 +246,10 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
 }
 
 void io_stream::flush(time_point deadline) {
+  wait_not_sending(deadline);
   if (wlen_ == 0) return;
   if (!fd_.is_open()) fail(error::closed, "squall: flush on a closed stream");
+  sending_scope sending(*this);
   iovec v{wbuf_, wlen_};
   send_all(&v, 1, deadline);
 }

@@ -55,6 +55,13 @@ class async_fd {
   // Writes everything (looping over partial writes).
   void write_all(const iovec* iov, int iovcnt, time_point deadline = time_point::max());
 
+  // write_all(iov) then read_some(buf, len), as one step: the request/response turn of a
+  // protocol. On io_uring the send and the receive go to the kernel together, in one
+  // io_uring_enter, and the fiber suspends once; elsewhere it is the two calls. Returns what
+  // read_some returns. The read is only reported once everything was sent.
+  std::size_t write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                  time_point deadline = time_point::max());
+
   // Accepts a connection on a listening socket: returns the new fd (non-blocking, close-on-exec)
   // and sets `peer` if given.
   int accept(address* peer = nullptr, time_point deadline = time_point::max());

@@ -11,9 +11,9 @@
 // stream: the common path copies nothing. Writes are buffered: write() appends and only sends
 // once the unsent data passes `write_high_water` (then the fiber waits until it is sent:
 // backpressure); flush() sends everything. A single write of 16 KiB or more is sent at once
-// (with whatever was buffered before it), from the caller's memory, without a copy. A read that has to wait for the peer sends pending
-// writes first, so a request/response exchange never deadlocks on unsent data, and pipelined
-// responses go out in one send.
+// (with whatever was buffered before it), from the caller's memory, without a copy. A read that has
+// to wait for the peer sends pending writes first, so a request/response exchange never deadlocks
+// on unsent data, and pipelined responses go out in one send.
 //
 // Errors (std::system_error): error::closed (end of stream where bytes were required, or the
 // stream was closed), error::reset (connection reset by peer), error::timed_out (a deadline or
@@ -27,6 +27,7 @@
 #include <string_view>
 
 #include "squall/async_fd.hpp"
+#include "squall/locks.hpp"
 
 namespace squall {
 
@@ -105,6 +106,13 @@ class io_stream {
   // Write buffer: [wbuf_, wbuf_ + wlen_).
   char* wbuf_ = nullptr;
   std::size_t wcap_ = 0, wlen_ = 0;
+  // A send from the write buffer is in progress (a flush, or a read flushing first). Writers
+  // wait for it to end before they touch the buffer, so a reading fiber and a writing fiber can
+  // share the stream.
+  bool sending_ = false;
+  condition send_done_;
+  void wait_not_sending(time_point deadline);
+  struct sending_scope;
 };
 
 }  // namespace squall
