@@ -32,6 +32,12 @@ class category final : public std::error_category {
         return "loop is already running";
       case error::bad_backend:
         return "backend not available";
+      case error::no_data:
+        return "no address of the family asked for";
+      case error::server_failure:
+        return "name server failure";
+      case error::bad_name:
+        return "not a valid host name";
     }
     return "unknown squall error";
   }

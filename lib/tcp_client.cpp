@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "squall/locks.hpp"
+#include "squall/resolver.hpp"
 
 namespace squall {
 namespace {
@@ -45,6 +46,11 @@ io_stream tcp_connect(const address& to, const connect_options& opts) {
   io_stream s(std::move(afd), opts.stream);
   if (opts.nodelay && to.family() != AF_UNIX) s.set_nodelay(true);
   return s;
+}
+
+io_stream tcp_connect(std::string_view host, std::uint16_t port, const connect_options& opts) {
+  std::vector<address> addrs = resolve(host, port, AF_UNSPEC, opts.deadline);
+  return tcp_connect(std::span<const address>(addrs), opts);
 }
 
 io_stream unix_connect(const std::string& path, const connect_options& opts) {

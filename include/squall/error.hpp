@@ -24,6 +24,10 @@ enum class error {
   wrong_thread,     // a loop method that is not thread-safe was called off the loop's thread
   loop_running,     // run() or run_once() re-entered, or the loop is running on another thread
   bad_backend,      // an unknown backend name, or one that cannot be built on this platform
+  // Name resolution (not_found above is NXDOMAIN).
+  no_data,         // the name exists but has no address of the family asked for
+  server_failure,  // the DNS server failed (SERVFAIL), refused, or answered nonsense
+  bad_name,        // not a valid host name
 };
 
 const std::error_category& error_category() noexcept;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Connecting: TCP to one address or to several (Happy Eyeballs, RFC 8305), and Unix sockets.
+// Connecting: TCP to one address, to several (Happy Eyeballs, RFC 8305) or to a host name, and
+// Unix sockets.
 //
 // All calls run in a fiber and return a connected io_stream, or throw std::system_error:
 // error::timed_out when the deadline passes, the kernel's error (ECONNREFUSED, ENETUNREACH...)
@@ -9,6 +10,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "squall/io_stream.hpp"
 
@@ -33,6 +35,11 @@ io_stream tcp_connect(const address& to, const connect_options& opts = {});
 // starts at once and each next one after `attempt_delay` or as soon as the previous fails; the
 // first to connect wins and the others are cancelled and closed.
 io_stream tcp_connect(std::span<const address> addresses, const connect_options& opts = {});
+
+// Resolves `host` (squall/resolver.hpp: the loop's resolver, both families, within
+// opts.deadline) and connects to its addresses as above. A numeric host skips the lookup.
+// Resolution errors (error::not_found, no_data, server_failure, bad_name, timed_out) name the host.
+io_stream tcp_connect(std::string_view host, std::uint16_t port, const connect_options& opts = {});
 
 // Connects to a Unix domain stream socket.
 io_stream unix_connect(const std::string& path, const connect_options& opts = {});
