@@ -66,7 +66,8 @@ class io_uring_backend final : public backend {
   }
 
   int init() noexcept {
-    int r = io_uring_queue_init(ring_entries, &ring_, 0);
+    int r = io_uring_queue_init(ring_entries, &ring_, IORING_SETUP_COOP_TASKRUN);
+    if (r == -EINVAL) r = io_uring_queue_init(ring_entries, &ring_, 0);
     ring_ok_ = r == 0;
     return r;
   }
