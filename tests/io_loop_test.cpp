@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "squall/config.hpp"
 #include "squall/log.hpp"
 #include "test_util.hpp"
 
@@ -755,3 +756,22 @@ TEST_CASE("io_loop::current() gives back the same default loop after another was
   t.join();
   CHECK(def != nullptr);
 }
+
+#if SQUALL_HAVE_IO_URING
+TEST_CASE("when io_uring cannot be set up, the loop falls back to epoll and says why once") {
+  // The child forbids io_uring_setup with seccomp, as a locked-down container does.
+  std::string cmd = std::string(SQUALL_CRASH_HELPER) + " no-io-uring 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[512];
+  while (std::size_t n = std::fread(buf, 1, sizeof buf, p))
+    out.append(buf, n);
+  int status = ::pclose(p);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK(out.find("backend=epoll") != std::string::npos);
+  CHECK(out.find("io_uring set-up failed (Operation not permitted); falling back to epoll") !=
+        std::string::npos);
+}
+#endif
