@@ -259,13 +259,19 @@ int async_fd::release() noexcept {
   if (!st_ || st_->fd < 0) return -1;
   fd_state& st = *st_;
   // End the waits of other fibers first: they must not use the fd once it is given away.
+  bool ring_waits = false;
   for (slot_ptr slot : {&fd_state::reader, &fd_state::writer}) {
     if (waiter* w = st.*slot) {
       st.*slot = nullptr;
       w->data = nullptr;
+      ring_waits = ring_waits || st.ring;
       detail::abandon(*w, error::closed);
     }
   }
+  // A ring operation queued this iteration names the fd by number; it only reaches the kernel
+  // at the next submit. Submit it (and its cancel) now, while the number still means this
+  // file: after close() it could name a new socket that reused the number.
+  if (ring_waits) st.be->flush();
   if (st.registered) {
     st.be->remove_io(st.fd);
     detail::forget_io(*st.loop, &st);
@@ -332,7 +338,7 @@ struct duplex {
 }  // namespace
 
 std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
-                                          time_point deadline) {
+                                          time_point deadline, std::error_code* send_error) {
   static constexpr const char* what = "squall: write and read";
   fd_state& st = state(st_, what);
   constexpr int max_iov = 16;
@@ -370,7 +376,8 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
     d.recv.busy = true;
 
   bool sent_all = false;
-  bool closed = false;  // another fiber closed the fd: its state may be gone, do not touch it
+  bool closed = false;     // another fiber closed the fd: its state may be gone, do not touch it
+  bool unwinding = false;  // fiber_unwind arrived; rethrown once nothing is in flight
   for (;;) {
     if (!d.send.busy && !sent_all && !failed) {
       if (d.send.res < 0) {
@@ -399,7 +406,14 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
     w.abandon = duplex::abandon;
     if (!closed) claim(*st_, &fd_state::reader, w);
     d.current = &w;
-    detail::suspend(w, deadline);
+    try {
+      detail::suspend(w, deadline);
+    } catch (const fiber_unwind&) {
+      // Loop shutdown. The other operation may still be in the kernel, writing into or reading
+      // from this frame: cancel it and wait for it before the stack unwinds.
+      unwinding = true;
+      end_early(error::cancelled);
+    }
     d.current = nullptr;
     if (!closed) {
       if (w.data) {
@@ -411,10 +425,15 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
     }
     if (w.abandoning) end_early(w.abandon_reason);
   }
+  if (unwinding) throw fiber_unwind{};
   if (failed) {
-    // Data that arrived after everything was sent is returned, not lost; the cause of the
-    // early end is reported by the next call.
-    if (sent_all && d.recv.res > 0) return static_cast<std::size_t>(d.recv.res);
+    // Data that arrived is returned, not lost. If the send did not finish, the caller hears of
+    // it through `send_error` (io_stream makes it the answer to its next write); without one,
+    // the received bytes are returned only if everything was sent.
+    if (d.recv.res > 0 && (sent_all || send_error)) {
+      if (!sent_all) *send_error = failed;
+      return static_cast<std::size_t>(d.recv.res);
+    }
     fail(failed, what);
   }
   if (d.recv.res >= 0) return static_cast<std::size_t>(d.recv.res);

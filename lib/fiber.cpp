@@ -229,6 +229,9 @@ void finalize(fiber_record* f) {
   while (waiter* w = f->joiners.pop_front())
     wake(*w);
   s.unlink(f);
+  // Last: destroying the captures may run arbitrary code (a handle to this very fiber may be
+  // dropped); the scheduler's reference keeps the record alive until the release below.
+  f->drop_fn();
   release(f);
 }
 

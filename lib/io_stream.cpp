@@ -42,20 +42,60 @@ io_stream::io_stream(io_stream&& o) noexcept
       eof_(std::exchange(o.eof_, false)),
       wbuf_(std::exchange(o.wbuf_, nullptr)),
       wcap_(std::exchange(o.wcap_, 0)),
-      wlen_(std::exchange(o.wlen_, 0)) {}
+      wlen_(std::exchange(o.wlen_, 0)),
+      write_error_(std::exchange(o.write_error_, {})),
+      life_(std::exchange(o.life_, nullptr)) {}
+
+struct io_stream::life {
+  int calls = 0;         // calls of the stream in progress (suspended or running)
+  bool dead = false;     // the stream was destroyed meanwhile
+  char* rbuf = nullptr;  // buffers handed over by the destructor, freed with the last call
+  char* wbuf = nullptr;
+};
+
+// One call of the stream that may suspend. After any wait, `gone()` says whether the stream
+// still exists; if not, nothing of it may be touched.
+struct io_stream::call {
+  life* l;
+  explicit call(io_stream& s) : l(&s.get_life()) { ++l->calls; }
+  call(const call&) = delete;
+  call& operator=(const call&) = delete;
+  ~call() {
+    if (--l->calls == 0 && l->dead) {
+      std::free(l->rbuf);
+      std::free(l->wbuf);
+      delete l;
+    }
+  }
+  bool gone() const noexcept { return l->dead; }
+  void check() const {
+    if (l->dead) fail(error::closed, "squall: the stream was destroyed while in use");
+  }
+};
+
+io_stream::life& io_stream::get_life() {
+  if (!life_) life_ = new life;
+  return *life_;
+}
 
 struct io_stream::sending_scope {
   io_stream& s;
-  explicit sending_scope(io_stream& st) : s(st) { s.sending_ = true; }
+  call c;
+  explicit sending_scope(io_stream& st) : s(st), c(st) { s.sending_ = true; }
   ~sending_scope() {
+    if (c.gone()) return;
     s.sending_ = false;
     s.send_done_.notify_all();
   }
 };
 
 void io_stream::wait_not_sending(time_point deadline) {
-  while (sending_)
+  if (!sending_) return;
+  call c(*this);
+  while (sending_) {
     send_done_.wait(deadline);
+    c.check();
+  }
 }
 
 io_stream& io_stream::operator=(io_stream&& o) noexcept {
@@ -67,9 +107,19 @@ io_stream& io_stream::operator=(io_stream&& o) noexcept {
 }
 
 io_stream::~io_stream() {
+  // Fibers waiting on the fd end with error::closed; on io_uring the kernel may still hold a
+  // buffer until their operations complete, so calls in progress get the buffers to free.
   fd_.close();
-  std::free(rbuf_);
-  std::free(wbuf_);
+  if (life_ && life_->calls > 0) {
+    life_->dead = true;
+    life_->rbuf = rbuf_;
+    life_->wbuf = wbuf_;
+    send_done_.notify_all();  // writers waiting for a send wake, see the stream gone, and leave
+  } else {
+    delete life_;
+    std::free(rbuf_);
+    std::free(wbuf_);
+  }
 }
 
 time_point io_stream::wait_deadline(time_point deadline) const noexcept {
@@ -115,20 +165,23 @@ bool io_stream::fill(time_point deadline) {
     fail(error::buffer_full, "squall: read buffer reached max_buffer_size");
   reserve_read(std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_)));
   std::size_t n;
-  if (wlen_ > 0 && !sending_) {
+  if (wlen_ > 0 && !sending_ && !write_error_) {
     // About to wait for the peer: anything we owe it goes first (see the header), in one step
     // with the read, so that io_uring submits both together. (If another fiber is sending the
     // buffer right now, it is on its way already.)
     if (!fd_.is_open()) fail(error::closed, "squall: read on a closed stream");
     sending_scope sending(*this);
     iovec out{wbuf_, wlen_};
-    struct forget {  // sent or failed: either way the bytes are no longer ours to send
-      std::size_t& n;
-      ~forget() { n = 0; }
-    } f{wlen_};
-    n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+    wlen_ = 0;  // sent or failed: either way the bytes are no longer ours to send
+    std::error_code send_error;
+    n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline),
+                                &send_error);
+    sending.c.check();
+    if (send_error) write_error_ = send_error;  // the bytes read are kept; the next write fails
   } else {
+    call c(*this);
     n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+    c.check();
   }
   if (n == 0) {
     eof_ = true;
@@ -193,12 +246,14 @@ std::string_view io_stream::read_until_close(std::size_t max_bytes, time_point d
 // --- Writing -----------------------------------------------------------------------------------
 
 void io_stream::send_all(const iovec* iov, int n, time_point deadline) {
+  call c(*this);
   try {
     fd_.write_all(iov, n, wait_deadline(deadline));
   } catch (...) {
-    wlen_ = 0;  // partly sent, and the stream is no longer usable for writing
+    if (!c.gone()) wlen_ = 0;  // partly sent, and the stream is no longer usable for writing
     throw;
   }
+  c.check();
   wlen_ = 0;
 }
 
@@ -208,6 +263,7 @@ void io_stream::write(std::string_view data, time_point deadline) {
 
 void io_stream::write(std::span<const std::string_view> pieces, time_point deadline) {
   wait_not_sending(deadline);
+  if (write_error_) throw std::system_error(write_error_, "squall: write (an earlier send failed)");
   if (!fd_.is_open()) fail(error::closed, "squall: write on a closed stream");
   std::size_t total = 0;
   for (auto p : pieces)
@@ -247,6 +303,7 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
 
 void io_stream::flush(time_point deadline) {
   wait_not_sending(deadline);
+  if (write_error_) throw std::system_error(write_error_, "squall: flush (an earlier send failed)");
   if (wlen_ == 0) return;
   if (!fd_.is_open()) fail(error::closed, "squall: flush on a closed stream");
   sending_scope sending(*this);
@@ -258,7 +315,9 @@ void io_stream::flush(time_point deadline) {
 
 void io_stream::close(std::string_view reason, time_point flush_deadline) {
   if (!fd_.is_open()) return;
-  if (wlen_ > 0 && this_fiber::active()) {
+  // If another fiber is sending right now (a read flushing first), that fiber owns the send:
+  // waiting for it could take until the peer speaks. Closing ends its wait.
+  if (wlen_ > 0 && this_fiber::active() && !sending_ && !write_error_) {
     try {
       flush(flush_deadline);
     } catch (const std::system_error&) {

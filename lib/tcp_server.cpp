@@ -137,17 +137,44 @@ bool is_quiet(const std::error_code& ec) {
   return ec == error::closed || ec == error::reset || ec == error::cancelled;
 }
 
-void serve_connection(const state_ptr& st, std::uint64_t id, int fd, const address& peer) {
+// A connection leaves the books: one fewer live, maybe room for the accept loop, maybe the
+// last one a shutdown waits for.
+void finish_books(const state_ptr& st, std::uint64_t id) {
+  --st->live;
+  st->slot_free.notify_one();
+  if (st->live == 0) st->all_done.notify_all();
+  st->connections.erase(id);  // drops our handle; the fiber itself goes on to its end
+}
+
+// An accepted connection until its fiber takes it over. If the fiber never runs (cancelled
+// before it started: a server destroyed or shut down in the same iteration as the accept),
+// destroying this closes the fd and keeps the books, as the end of serve_connection would.
+struct pending_connection {
+  state_ptr st;
+  std::uint64_t id;
+  int fd;
+  address peer;
+  pending_connection(state_ptr s, std::uint64_t i, int f, const address& p)
+      : st(std::move(s)), id(i), fd(f), peer(p) {}
+  pending_connection(const pending_connection&) = delete;
+  pending_connection& operator=(const pending_connection&) = delete;
+  ~pending_connection() {
+    if (fd < 0) return;
+    ::close(fd);
+    finish_books(st, id);
+  }
+};
+
+void serve_connection(pending_connection& pc) {
+  const state_ptr st = pc.st;
+  const std::uint64_t id = pc.id;
+  const address peer = pc.peer;
+  int fd = std::exchange(pc.fd, -1);  // ours now
   // However this ends (return, exception, unwinding at loop shutdown), the books are kept.
   struct done_guard {
     const state_ptr& st;
     std::uint64_t id;
-    ~done_guard() {
-      --st->live;
-      st->slot_free.notify_one();
-      if (st->live == 0) st->all_done.notify_all();
-      st->connections.erase(id);  // drops our handle; the fiber itself goes on to its end
-    }
+    ~done_guard() { finish_books(st, id); }
   } guard{st, id};
   io_stream stream;
   try {
@@ -182,14 +209,14 @@ void start_connection(const state_ptr& st, int fd, const address& peer) {
   std::uint64_t id = st->next_conn++;
   ++st->live;
   ++st->accepted;
+  auto pc = std::make_unique<pending_connection>(st, id, fd, peer);
   try {
-    auto f = spawn(st->loop, [st, id, fd, peer] { serve_connection(st, id, fd, peer); },
+    auto f = spawn(st->loop, [pc = std::move(pc)]() mutable { serve_connection(*pc); },
                    {.name = "conn " + peer.to_string(), .stack_size = st->opts.stack_size});
     st->connections.emplace(id, std::move(f));
   } catch (const std::exception& e) {
-    // No stack for it (ENOMEM: see docs/fibers.md): refuse this connection, keep serving.
-    --st->live;
-    ::close(fd);
+    // No stack for it (ENOMEM: see docs/fibers.md): refuse this connection, keep serving. The
+    // pending connection was destroyed with the failed spawn: fd closed, books kept.
     log(log_level::error, "tcp", "cannot start a fiber for %s: %s", peer.to_string().c_str(),
         e.what());
   }

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -334,4 +335,35 @@ TEST_CASE("5,000 concurrent connections from another process" * doctest::timeout
   CHECK(out.find("5000 connections ok") != std::string::npos);
   CHECK(server.accepted() == 5000);
   CHECK(open_when_told == 5000);
+}
+
+TEST_CASE("a connection accepted in the same iteration as a shutdown is closed, not leaked") {
+  // Its fiber is cancelled before it ever runs: the fd must still be closed and the books kept
+  // (before the fix, shutdown() never returned and the client saw no EOF).
+  io_loop loop;
+  int served = 0;
+  squall::tcp_server server(loop, [&](io_stream& s, const address&) {
+    ++served;
+    s.read_some();
+  });
+  server.listen(0, "127.0.0.1");
+  auto addr = server.addresses().at(0);
+  int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(::connect(c, addr.data(), addr.size()) == 0);
+  bool returned = false;
+  auto p = spawn(loop, [&] {
+    while (server.accepted() == 0)
+      this_fiber::yield();
+    server.shutdown(squall::clock::now());
+    returned = true;
+  });
+  CHECK(squall::test::run_until(
+      loop, [&] { return returned; }, 5s));
+  CHECK(server.connection_count() == 0);
+  char b;
+  pollfd pf{c, POLLIN, 0};
+  CHECK(::poll(&pf, 1, 2000) == 1);
+  CHECK(::recv(c, &b, 1, 0) == 0);  // EOF: the server side was closed
+  ::close(c);
+  (void)served;
 }

@@ -58,9 +58,12 @@ class async_fd {
   // write_all(iov) then read_some(buf, len), as one step: the request/response turn of a
   // protocol. On io_uring the send and the receive go to the kernel together, in one
   // io_uring_enter, and the fiber suspends once; elsewhere it is the two calls. Returns what
-  // read_some returns. The read is only reported once everything was sent.
+  // read_some returns. If the send fails or is cut short (deadline, cancel) after the receive
+  // already got bytes, those bytes are not dropped: with `send_error` given they are returned
+  // and the send's error is stored there; without it the call throws.
   std::size_t write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
-                                  time_point deadline = time_point::max());
+                                  time_point deadline = time_point::max(),
+                                  std::error_code* send_error = nullptr);
 
   // Accepts a connection on a listening socket: returns the new fd (non-blocking, close-on-exec)
   // and sets `peer` if given.

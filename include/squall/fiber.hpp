@@ -112,6 +112,10 @@ fiber_record* current_fiber() noexcept;
 struct fiber_record {
   virtual ~fiber_record() = default;
   virtual void run_body() = 0;  // runs the function; stores its value or exception
+  // Destroys the function and its captures: done when the fiber finishes, ran or not, so that
+  // what it holds (an fd, a reference to a server) is released then, not when the last handle
+  // goes away.
+  virtual void drop_fn() noexcept = 0;
 
   io_loop* loop = nullptr;
   void* sched = nullptr;  // the loop's fiber scheduler
@@ -143,12 +147,14 @@ struct fiber_record_t final : fiber_record {
   unique_function<T()> fn;
   std::optional<T> value;
   void run_body() override { value.emplace(fn()); }
+  void drop_fn() noexcept override { fn.reset(); }
 };
 
 template <>
 struct fiber_record_t<void> final : fiber_record {
   unique_function<void()> fn;
   void run_body() override { fn(); }
+  void drop_fn() noexcept override { fn.reset(); }
 };
 
 // Spawns a prepared record (the non-template part of spawn()).

@@ -113,6 +113,16 @@ class io_stream {
   condition send_done_;
   void wait_not_sending(time_point deadline);
   struct sending_scope;
+  // A send that failed while a read went on (io_uring's send-and-receive): the next write or
+  // flush reports it.
+  std::error_code write_error_;
+  // Outlives the stream while one of its calls is suspended in some fiber, so that a fiber
+  // resuming after another fiber destroyed the stream finds out instead of touching freed
+  // members; it also takes over the buffers the kernel may still be using.
+  struct life;
+  struct call;
+  life* life_ = nullptr;
+  life& get_life();
 };
 
 }  // namespace squall
