@@ -12,6 +12,7 @@
 #include <new>
 #include <string>
 
+#include "squall/locks.hpp"
 #include "squall/log.hpp"
 
 namespace squall {
@@ -47,6 +48,7 @@ io_stream::io_stream(io_stream&& o) noexcept
       life_(std::exchange(o.life_, nullptr)) {}
 
 struct io_stream::life {
+  condition send_done;   // a send from the write buffer ended (see sending_)
   int calls = 0;         // calls of the stream in progress (suspended or running)
   bool dead = false;     // the stream was destroyed meanwhile
   char* rbuf = nullptr;  // buffers handed over by the destructor, freed with the last call
@@ -85,7 +87,7 @@ struct io_stream::sending_scope {
   ~sending_scope() {
     if (c.gone()) return;
     s.sending_ = false;
-    s.send_done_.notify_all();
+    c.l->send_done.notify_all();
   }
 };
 
@@ -93,7 +95,7 @@ void io_stream::wait_not_sending(time_point deadline) {
   if (!sending_) return;
   call c(*this);
   while (sending_) {
-    send_done_.wait(deadline);
+    c.l->send_done.wait(deadline);  // the condition lives in `life`: it outlives the stream
     c.check();
   }
 }
@@ -114,7 +116,7 @@ io_stream::~io_stream() {
     life_->dead = true;
     life_->rbuf = rbuf_;
     life_->wbuf = wbuf_;
-    send_done_.notify_all();  // writers waiting for a send wake, see the stream gone, and leave
+    life_->send_done.notify_all();  // waiting writers wake, see the stream gone, and leave
   } else {
     delete life_;
     std::free(rbuf_);

@@ -27,7 +27,6 @@
 #include <string_view>
 
 #include "squall/async_fd.hpp"
-#include "squall/locks.hpp"
 
 namespace squall {
 
@@ -109,8 +108,7 @@ class io_stream {
   // A send from the write buffer is in progress (a flush, or a read flushing first). Writers
   // wait for it to end before they touch the buffer, so a reading fiber and a writing fiber can
   // share the stream.
-  bool sending_ = false;
-  condition send_done_;
+  bool sending_ = false;  // waiters for the end of the send wait on life::send_done
   void wait_not_sending(time_point deadline);
   struct sending_scope;
   // A send that failed while a read went on (io_uring's send-and-receive): the next write or
