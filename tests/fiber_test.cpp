@@ -20,36 +20,11 @@ using namespace std::chrono_literals;
 using squall::io_loop;
 using squall::run_sync;
 using squall::spawn;
+using squall::test::code_of;
+using squall::test::log_capture;
 namespace this_fiber = squall::this_fiber;
 
 namespace {
-
-std::error_code code_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code();
-  }
-  return {};
-}
-
-struct log_capture {
-  std::mutex mu;
-  std::vector<std::string> lines;
-  log_capture() {
-    squall::set_log_sink([this](squall::log_level, std::string_view, std::string_view m) {
-      std::lock_guard<std::mutex> l(mu);
-      lines.emplace_back(m);
-    });
-  }
-  ~log_capture() { squall::set_log_sink(nullptr); }
-  bool contains(const std::string& s) {
-    std::lock_guard<std::mutex> l(mu);
-    for (auto& x : lines)
-      if (x.find(s) != std::string::npos) return true;
-    return false;
-  }
-};
 
 // Runs the crash helper (tests/fiber_crash_helper.cpp) and returns its exit status and output.
 struct child_result {

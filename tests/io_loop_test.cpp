@@ -24,6 +24,7 @@
 
 using namespace std::chrono_literals;
 using squall::io_loop;
+using squall::test::log_capture;
 using squall::test::loop_is_clean;
 using squall::test::run_until;
 
@@ -40,25 +41,6 @@ struct pipe_pair {
   ~pipe_pair() {
     if (r >= 0) ::close(r);
     if (w >= 0) ::close(w);
-  }
-};
-
-// Captures log lines for the duration of a test.
-struct log_capture {
-  std::mutex mu;
-  std::vector<std::string> lines;
-  log_capture() {
-    squall::set_log_sink([this](squall::log_level, std::string_view, std::string_view msg) {
-      std::lock_guard<std::mutex> lock(mu);
-      lines.emplace_back(msg);
-    });
-  }
-  ~log_capture() { squall::set_log_sink(nullptr); }
-  bool contains(const std::string& needle) {
-    std::lock_guard<std::mutex> lock(mu);
-    for (auto& l : lines)
-      if (l.find(needle) != std::string::npos) return true;
-    return false;
   }
 };
 

@@ -19,18 +19,10 @@ using squall::io_loop;
 using squall::io_stream;
 using squall::run_sync;
 using squall::spawn;
+using squall::test::code_of;
 namespace this_fiber = squall::this_fiber;
 
 namespace {
-
-std::error_code code_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code();
-  }
-  return {};
-}
 
 // A connected pair of streams over a Unix socketpair.
 struct stream_pair {

@@ -15,18 +15,8 @@ using namespace std::chrono_literals;
 using squall::io_loop;
 using squall::run_sync;
 using squall::spawn;
+using squall::test::code_of;
 namespace this_fiber = squall::this_fiber;
-
-namespace {
-std::error_code code_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code();
-  }
-  return {};
-}
-}  // namespace
 
 TEST_CASE("event: set wakes every waiter; a set event does not block; clear re-arms it") {
   io_loop loop;

@@ -26,18 +26,11 @@ using squall::io_loop;
 using squall::io_stream;
 using squall::run_sync;
 using squall::spawn;
+using squall::test::code_of;
+using squall::test::log_capture;
 namespace this_fiber = squall::this_fiber;
 
 namespace {
-
-std::error_code code_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code();
-  }
-  return {};
-}
 
 void echo(io_stream& s, const address&) {
   for (;;) {
@@ -52,25 +45,6 @@ std::string ask(io_stream& c, const std::string& msg) {
   c.flush();
   return std::string(c.read_exactly(msg.size()));
 }
-
-struct log_capture {
-  std::mutex mu;
-  std::vector<std::string> lines;
-  log_capture() {
-    squall::set_log_sink([this](squall::log_level, std::string_view, std::string_view m) {
-      std::lock_guard<std::mutex> l(mu);
-      lines.emplace_back(m);
-    });
-  }
-  ~log_capture() { squall::set_log_sink(nullptr); }
-  int count(const std::string& s) {
-    std::lock_guard<std::mutex> l(mu);
-    int n = 0;
-    for (auto& x : lines)
-      n += x.find(s) != std::string::npos;
-    return n;
-  }
-};
 
 }  // namespace
 

@@ -4,8 +4,13 @@
 
 #include <chrono>
 #include <functional>
+#include <mutex>
+#include <string>
+#include <system_error>
+#include <vector>
 
 #include "squall/io_loop.hpp"
+#include "squall/log.hpp"
 
 namespace squall::test {
 
@@ -23,5 +28,39 @@ inline bool loop_is_clean(const io_loop& loop) {
   return loop.timer_count() == 0 && loop.handler_count() == 0 && loop.signal_handler_count() == 0 &&
          loop.pending_callbacks() == 0;
 }
+
+// The error code `fn` throws as std::system_error, or no error.
+inline std::error_code code_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e.code();
+  }
+  return {};
+}
+
+// Captures squall's log lines while it lives (the default sink is restored after).
+struct log_capture {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  log_capture() {
+    set_log_sink([this](log_level, std::string_view, std::string_view msg) {
+      std::lock_guard<std::mutex> lock(mu);
+      lines.emplace_back(msg);
+    });
+  }
+  ~log_capture() { set_log_sink(nullptr); }
+  log_capture(const log_capture&) = delete;
+  log_capture& operator=(const log_capture&) = delete;
+  // Lines containing `needle`.
+  int count(const std::string& needle) {
+    std::lock_guard<std::mutex> lock(mu);
+    int n = 0;
+    for (auto& l : lines)
+      n += l.find(needle) != std::string::npos;
+    return n;
+  }
+  bool contains(const std::string& needle) { return count(needle) > 0; }
+};
 
 }  // namespace squall::test
