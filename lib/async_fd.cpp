@@ -169,9 +169,12 @@ void abandon_ring(waiter& w) {
         std::system_category().message(-r).c_str());
 }
 
-// Runs one ring operation; `submit(op)` queues it. Returns its non-negative result.
+// Runs one ring operation; `submit(op)` queues it. Returns its non-negative result. If
+// `still_open` is given, it says whether the fd's state still exists afterwards (another fiber
+// may have closed the fd while this one waited; a result it got first is still returned).
 template <class Submit>
-int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline, Submit submit) {
+int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline, Submit submit,
+             bool* still_open = nullptr) {
   ring_op op;
   op.complete = on_ring_complete;
   op.be = st.be;
@@ -183,6 +186,7 @@ int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
     fail_errno(-r, what);
   }
   std::error_code ec = detail::suspend(op, deadline);
+  if (still_open) *still_open = op.data != nullptr;
   unclaim(slot, op);
   // A result that arrived despite a cancel (it finished first) is kept: the data is real.
   if (op.res >= 0) return op.res;
@@ -291,10 +295,17 @@ void async_fd::close() noexcept {
 std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline) {
   static constexpr const char* what = "squall: read";
   fd_state& st = state(st_, what);
-  if (waits_on_ring(st))
-    return static_cast<std::size_t>(ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
-      return st.be->submit_recv(st.fd, buf, len, 0, op);
-    }));
+  if (waits_on_ring(st)) {
+    // On the ring `may_read` only remembers whether the last receive filled its buffer: if
+    // not, the socket was drained and this one will most likely find nothing yet.
+    bool open = false;
+    auto n = static_cast<std::size_t>(ring_run(
+        st, &fd_state::reader, what, deadline,
+        [&](auto* op) { return st.be->submit_recv(st.fd, buf, len, 0, !st.may_read, op); },
+        &open));
+    if (open) st.may_read = n >= len;
+    return n;
+  }
   return readiness_op(st, &fd_state::reader, what, deadline, len, [&] {
     return st.socket ? ::recv(st.fd, buf, len, 0) : ::read(st.fd, buf, len);
   });
@@ -370,7 +381,8 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
     d.cancel_busy();
   };
   if (int r = submit_send(); r < 0) fail_errno(-r, what);
-  if (int r = d.be->submit_recv(d.fd, buf, len, 0, &d.recv); r < 0)
+  // The request has only just been sent: its answer cannot be there yet.
+  if (int r = d.be->submit_recv(d.fd, buf, len, 0, true, &d.recv); r < 0)
     end_early(socket_error(-r));
   else
     d.recv.busy = true;

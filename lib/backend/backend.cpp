@@ -13,7 +13,7 @@
 namespace squall::detail {
 
 // Readiness backends never queue operations.
-int backend::submit_recv(int, void*, std::size_t, int, io_completion*) noexcept {
+int backend::submit_recv(int, void*, std::size_t, int, bool, io_completion*) noexcept {
   return -ENOSYS;
 }
 int backend::submit_sendmsg(int, const msghdr*, int, io_completion*) noexcept {

@@ -83,7 +83,10 @@ class backend {
 
   // Completion: queue an operation whose result goes to `op`. The operation reaches the kernel
   // with the next wait(). -errno if it cannot be queued.
-  virtual int submit_recv(int fd, void* buf, std::size_t len, int flags,
+  // `expect_empty`: the caller expects no data yet (it just sent a request, or its last read
+  // drained the socket), so the kernel may wait for readiness before trying (io_uring's
+  // RECVSEND_POLL_FIRST) instead of trying once in vain.
+  virtual int submit_recv(int fd, void* buf, std::size_t len, int flags, bool expect_empty,
                           io_completion* op) noexcept;
   virtual int submit_sendmsg(int fd, const struct msghdr* msg, int flags,
                              io_completion* op) noexcept;
