@@ -301,8 +301,7 @@ std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline)
     bool open = false;
     auto n = static_cast<std::size_t>(ring_run(
         st, &fd_state::reader, what, deadline,
-        [&](auto* op) { return st.be->submit_recv(st.fd, buf, len, 0, !st.may_read, op); },
-        &open));
+        [&](auto* op) { return st.be->submit_recv(st.fd, buf, len, 0, !st.may_read, op); }, &open));
     if (open) st.may_read = n >= len;
     return n;
   }

@@ -341,3 +341,20 @@ TEST_CASE("a connection accepted in the same iteration as a shutdown is closed, 
   ::close(c);
   (void)served;
 }
+
+TEST_CASE("tcp_connect binds the source address it is given") {
+  io_loop loop;
+  address seen;
+  squall::tcp_server server(loop, [&](io_stream& s, const address& peer) {
+    seen = peer;
+    echo(s, peer);
+  });
+  server.listen(0, "127.0.0.1");
+  auto reply = run_sync(loop, [&] {
+    io_stream c =
+        squall::tcp_connect(server.addresses().at(0), {.source = address::ip("127.0.0.2", 0)});
+    return ask(c, "from .2");
+  });
+  CHECK(reply == "from .2");
+  CHECK(seen.host() == "127.0.0.2");
+}
