@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -62,16 +63,20 @@ io_stream tcp_connect(std::span<const address> addresses, const connect_options&
   if (addresses.size() == 1) return tcp_connect(addresses[0], opts);
 
   std::vector<address> order = interleave(addresses);
-  // Shared by the attempts (fibers) and this fiber, which joins them all before returning.
+  // Shared by the attempts (fibers) and this fiber. Each attempt holds a reference, so the state
+  // outlives this call even if an attempt outlives it (a loop shutdown unwinding this fiber).
   struct race_state {
     std::optional<io_stream> winner;
     std::error_code last_error;
     std::size_t failed = 0;
     condition changed;
-  } race;
+  };
+  auto shared = std::make_shared<race_state>();
+  race_state& race = *shared;
   std::vector<fiber<void>> attempts;
 
-  // Whatever happens to this fiber, no attempt may outlive `race`.
+  // However this call ends, the losing attempts are cancelled (closing their sockets) and,
+  // unless this fiber is being unwound, waited for.
   struct reaper {
     std::vector<fiber<void>>& attempts;
     ~reaper() {
@@ -85,6 +90,8 @@ io_stream tcp_connect(std::span<const address> addresses, const connect_options&
           } catch (const std::system_error& e) {
             if (e.code() == error::cancelled && !f.done()) continue;  // our own wait was cut
             break;
+          } catch (const fiber_unwind&) {
+            return;  // loop shutdown: the attempts own their state and are unwound too
           } catch (...) {
             break;
           }
@@ -95,7 +102,8 @@ io_stream tcp_connect(std::span<const address> addresses, const connect_options&
 
   io_loop& loop = this_fiber::loop();
   for (std::size_t i = 0; i < order.size() && !race.winner; ++i) {
-    attempts.push_back(spawn(loop, [&race, &opts, to = order[i]] {
+    attempts.push_back(spawn(loop, [shared, opts, to = order[i]] {
+      race_state& race = *shared;
       try {
         io_stream s = tcp_connect(to, opts);
         if (!race.winner) race.winner.emplace(std::move(s));
