@@ -299,8 +299,7 @@ void io_loop::iterate(duration max_wait) {
 
   run_ready_events(n);
   if (!timers_->empty()) {
-    iteration_now_ = now();
-    run_timers();
+    run_timers(now());
   }
   run_callbacks();
 }
@@ -337,10 +336,10 @@ void io_loop::run_ready_events(int n) {
   fds_->ready_count = 0;
 }
 
-void io_loop::run_timers() {
-  std::int64_t now_ns = ns(iteration_now_);
+void io_loop::run_timers(time_point iteration_now) {
+  std::int64_t now_ns = ns(iteration_now);
   detail::timer_heap::fired t;
-  // Timers scheduled by these callbacks are due at a later `now()` than iteration_now_, so a
+  // Timers scheduled by these callbacks are due at a later `now()` than iteration_now, so a
   // timer that re-arms itself with zero delay runs once per iteration, not forever.
   while (timers_->pop_due(now_ns, t)) {
     try {

@@ -118,6 +118,13 @@ bool address::operator==(const address& o) const noexcept {
   return len_ == o.len_ && std::memcmp(&storage_, &o.storage_, len_) == 0;
 }
 
+address local_address(int fd) noexcept {
+  address a;
+  *a.size_ptr() = address::capacity;
+  if (::getsockname(fd, a.data(), a.size_ptr()) != 0) return {};
+  return a;
+}
+
 std::error_code socket_error(int e) noexcept {
   switch (e) {
     case ECONNRESET:

@@ -41,13 +41,6 @@ int make_listener(const address& a, int backlog, bool reuse_port) {
   return fd;
 }
 
-address local_address(int fd) {
-  address a;
-  *a.size_ptr() = address::capacity;
-  ::getsockname(fd, a.data(), a.size_ptr());
-  return a;
-}
-
 std::vector<address> bind_targets(std::string_view host, std::uint16_t port, int family) {
   std::vector<address> out;
   auto want = [family](int f) { return family == AF_UNSPEC || family == f; };

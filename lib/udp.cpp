@@ -27,10 +27,7 @@ udp_socket udp_socket::bind(io_loop& loop, const address& local) {
 }
 
 address udp_socket::local_address() const {
-  address a;
-  *a.size_ptr() = address::capacity;
-  ::getsockname(fd_.fd(), a.data(), a.size_ptr());
-  return a;
+  return squall::local_address(fd_.fd());
 }
 
 }  // namespace squall

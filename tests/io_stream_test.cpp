@@ -39,13 +39,7 @@ struct stream_pair {
 
 TEST_CASE("round trip over TCP: write, flush, read_exactly") {
   io_loop loop;
-  squall::tcp_server server(loop, [](io_stream& s, const squall::address&) {
-    for (;;) {
-      auto d = s.read_some();
-      if (d.empty()) return;
-      s.write(d);
-    }
-  });
+  squall::tcp_server server(loop, squall::test::echo);
   server.listen(0, "127.0.0.1");
   auto addr = server.addresses().at(0);
   CHECK(addr.port() != 0);
@@ -306,13 +300,7 @@ TEST_CASE("a large write goes out at once instead of being copied into the buffe
 
 TEST_CASE("a reading fiber and a writing fiber share one stream without corrupting it") {
   io_loop loop;
-  squall::tcp_server server(loop, [](io_stream& s, const squall::address&) {
-    for (;;) {
-      auto d = s.read_some();
-      if (d.empty()) return;
-      s.write(d);
-    }
-  });
+  squall::tcp_server server(loop, squall::test::echo);
   server.listen(0, "127.0.0.1");
   auto lines = run_sync(loop, [&] {
     io_stream c = squall::tcp_connect(server.addresses().at(0));

@@ -27,18 +27,11 @@ using squall::io_stream;
 using squall::run_sync;
 using squall::spawn;
 using squall::test::code_of;
+using squall::test::echo;
 using squall::test::log_capture;
 namespace this_fiber = squall::this_fiber;
 
 namespace {
-
-void echo(io_stream& s, const address&) {
-  for (;;) {
-    auto d = s.read_some();
-    if (d.empty()) return;
-    s.write(d);
-  }
-}
 
 std::string ask(io_stream& c, const std::string& msg) {
   c.write(msg);
@@ -144,9 +137,7 @@ TEST_CASE("Happy Eyeballs: a black-holed first address loses to one that answers
   address any = address::ip("127.0.0.1", 0);
   REQUIRE(::bind(hole, any.data(), any.size()) == 0);
   REQUIRE(::listen(hole, 0) == 0);
-  address hole_addr;
-  *hole_addr.size_ptr() = address::capacity;
-  ::getsockname(hole, hole_addr.data(), hole_addr.size_ptr());
+  address hole_addr = squall::local_address(hole);
   std::vector<io_stream> fillers;
   bool hangs = run_sync(loop, [&] {
     for (int i = 0; i < 8; ++i) {

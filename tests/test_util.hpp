@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "squall/io_loop.hpp"
+#include "squall/io_stream.hpp"
 #include "squall/log.hpp"
 
 namespace squall::test {
@@ -27,6 +28,15 @@ inline bool run_until(io_loop& loop, const std::function<bool()>& done,
 inline bool loop_is_clean(const io_loop& loop) {
   return loop.timer_count() == 0 && loop.handler_count() == 0 && loop.signal_handler_count() == 0 &&
          loop.pending_callbacks() == 0;
+}
+
+// A tcp_server handler that echoes everything until the peer closes.
+inline void echo(io_stream& s, const address&) {
+  for (;;) {
+    auto d = s.read_some();
+    if (d.empty()) return;
+    s.write(d);
+  }
 }
 
 // The error code `fn` throws as std::system_error, or no error.

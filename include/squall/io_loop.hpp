@@ -275,7 +275,7 @@ class io_loop {
   void iterate(duration max_wait);
   duration compute_wait(duration max_wait);
   void run_ready_events(int n);
-  void run_timers();
+  void run_timers(time_point iteration_now);
   void run_callbacks();
   void take_remote();
   void drain_wakeups();
@@ -328,7 +328,6 @@ class io_loop {
   bool running_ = false;
   bool stop_requested_ = false;
   bool destroying_ = false;
-  time_point iteration_now_{};
 };
 
 // --- Implementation details of the templates above. ----------------------------------------

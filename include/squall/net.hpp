@@ -49,6 +49,9 @@ class address {
   socklen_t len_ = 0;
 };
 
+// The local address a socket is bound to (getsockname); an empty address if it fails.
+address local_address(int fd) noexcept;
+
 // The error_code for an errno value from a socket call: ECONNRESET and EPIPE become
 // error::reset (the peer is gone and data may be lost), ETIMEDOUT stays the system's, and so on.
 std::error_code socket_error(int errno_value) noexcept;
