@@ -200,6 +200,17 @@ std::string_view io_stream::read_some(time_point deadline) {
   return {rbuf_ + rpos_, rtake_};
 }
 
+void io_stream::consume(std::size_t n) noexcept {
+  consume_previous();
+  rpos_ += std::min(n, rend_ - rpos_);
+  if (rpos_ == rend_) rpos_ = rend_ = 0;
+}
+
+bool io_stream::read_more(time_point deadline) {
+  consume_previous();
+  return fill(deadline);
+}
+
 std::string_view io_stream::read_exactly(std::size_t n, time_point deadline) {
   consume_previous();
   if (n > opts_.max_buffer_size)
@@ -281,6 +292,7 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
       wcap_ = cap;
     }
     for (auto p : pieces) {
+      if (p.empty()) continue;  // an empty view may have a null data(): not for memcpy
       std::memcpy(wbuf_ + wlen_, p.data(), p.size());
       wlen_ += p.size();
     }

@@ -64,7 +64,30 @@ class io_stream {
   // Everything until the peer closes. error::buffer_full past `max_bytes`.
   std::string_view read_until_close(std::size_t max_bytes, time_point deadline = time_point::max());
   // Bytes buffered and not yet returned by a read.
-  std::size_t buffered() const noexcept { return rend_ - rpos_; }
+  std::size_t buffered() const noexcept { return rend_ - rpos_ - rtake_; }
+
+  // --- Reading for parsers: look at the buffered bytes, take them when done -------------------
+  //
+  //   for (;;) {
+  //     std::string_view in = s.peek();
+  //     std::size_t used = parse(in);                   // 0: needs more
+  //     if (used) { s.consume(used); break; }
+  //     if (!s.read_more(deadline)) -> end of stream
+  //   }
+
+  // The unread bytes (ends what the previous read call returned). Valid until the next call
+  // that reads.
+  std::string_view peek() noexcept {
+    consume_previous();
+    return {rbuf_ + rpos_, rend_ - rpos_};
+  }
+  // Takes the first `n` unread bytes (n <= peek().size()).
+  void consume(std::size_t n) noexcept;
+  // Waits for more bytes and appends them (sending pending writes first, like every read).
+  // Returns false at end of stream. The buffered bytes may move in memory: take peek() again.
+  bool read_more(time_point deadline = time_point::max());
+  // The stream has seen the end of the peer's data (only what is buffered is left).
+  bool at_eof() const noexcept { return eof_; }
 
   // --- Writing ---------------------------------------------------------------------------------
 

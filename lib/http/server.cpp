@@ -1,1 +1,1124 @@
 // SPDX-License-Identifier: MIT
+// The HTTP/1.1 server: one fiber per connection reads a request head, runs the handler, finishes
+// the response, drops whatever body the handler left, and goes round again.
+//
+// Buffers: the head is parsed in place in the stream's read buffer and the request's views point
+// there. While the whole request is buffered (the common case) nothing is copied. When the body
+// has to wait for more bytes, the head is first copied into the connection ("detached") so the
+// stream may move or reuse its buffer. Responses are written into the stream's write buffer; a
+// read that waits sends them, so the answers to a pipelined batch leave in one send.
+#include "squall/http/server.hpp"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstring>
+#include <ctime>
+#include <optional>
+
+#include "http/gzip.hpp"
+#include "squall/error.hpp"
+#include "squall/fiber.hpp"
+#include "squall/log.hpp"
+#include "squall/tcp_server.hpp"
+
+namespace squall::http {
+
+// --- Status lines and the Date header -----------------------------------------------------------
+
+std::string_view reason_phrase(int status) noexcept {
+  switch (status) {
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 303:
+      return "See Other";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 308:
+      return "Permanent Redirect";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 410:
+      return "Gone";
+    case 411:
+      return "Length Required";
+    case 412:
+      return "Precondition Failed";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 415:
+      return "Unsupported Media Type";
+    case 416:
+      return "Range Not Satisfiable";
+    case 417:
+      return "Expectation Failed";
+    case 426:
+      return "Upgrade Required";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Unknown";
+  }
+}
+
+namespace {
+
+// "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n", formatted at most once a second per thread.
+std::string_view date_line() noexcept {
+  thread_local std::time_t cached = 0;
+  thread_local char line[48];
+  thread_local std::size_t len = 0;
+  std::time_t now = std::time(nullptr);
+  if (now != cached) {
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    int n = std::snprintf(line, sizeof line, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                          days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
+                          tm.tm_hour, tm.tm_min, tm.tm_sec);
+    len = n > 0 ? static_cast<std::size_t>(n) : 0;
+    cached = now;
+  }
+  return {line, len};
+}
+
+// RFC 9110 5.6.2 token characters, as a table: add_header checks every byte of every name.
+constexpr auto tchar_table = [] {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c)
+    t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c)
+    t[c] = t[c - 32] = true;
+  for (char c : std::string_view("!#$%&'*+-.^_`|~"))
+    t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
+
+bool is_tchar(unsigned char c) noexcept {
+  return tchar_table[c];
+}
+
+// Appends "Content-Length: <n>\r\n" (or another name) to a fixed buffer; returns its length.
+std::size_t number_line(char* out, std::string_view name, std::uint64_t n, int base = 10) {
+  std::memcpy(out, name.data(), name.size());
+  char* p = std::to_chars(out + name.size(), out + name.size() + 24, n, base).ptr;
+  *p++ = '\r';
+  *p++ = '\n';
+  return static_cast<std::size_t>(p - out);
+}
+
+void check_field(std::string_view name, std::string_view value) {
+  if (name.empty() || !std::all_of(name.begin(), name.end(),
+                                   [](char c) { return is_tchar(static_cast<unsigned char>(c)); }))
+    throw std::invalid_argument("squall: invalid header name");
+  for (char c : value)
+    if (c == '\r' || c == '\n' || c == '\0')
+      throw std::invalid_argument("squall: header value with CR, LF or NUL");
+}
+
+bool valid_ip(std::string_view s) {
+  char buf[INET6_ADDRSTRLEN];
+  if (s.empty() || s.size() >= sizeof buf) return false;
+  std::memcpy(buf, s.data(), s.size());
+  buf[s.size()] = 0;
+  unsigned char out[16];
+  return inet_pton(AF_INET, buf, out) == 1 || inet_pton(AF_INET6, buf, out) == 1;
+}
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+void append_number(std::string& out, std::uint64_t n) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, n);
+  out.append(buf, r.ptr);
+}
+
+bool is_quiet(std::error_code ec) noexcept {
+  return ec == error::closed || ec == error::reset || ec == error::cancelled ||
+         ec == error::timed_out || ec == std::errc::broken_pipe ||
+         ec == std::errc::connection_reset;
+}
+
+}  // namespace
+
+// --- Server state -------------------------------------------------------------------------------
+
+struct server::state {
+  io_loop& loop;
+  handler fn;
+  server_options opts;
+  std::string server_line;  // "Server: squall\r\n" or empty
+  std::unique_ptr<tcp_server> tcp;
+  bool closing = false;
+  std::uint64_t served = 0;
+  // Connections between requests, waiting for the next one: shutdown() cancels these at once.
+  std::vector<detail::connection*> open;
+
+  state(io_loop& l, handler h, server_options o) : loop(l), fn(std::move(h)), opts(std::move(o)) {
+    if (!opts.server_name.empty()) server_line = "Server: " + opts.server_name + "\r\n";
+  }
+};
+
+// --- One connection -----------------------------------------------------------------------------
+
+namespace detail {
+
+struct connection {
+  server::state& st;
+  io_stream& s;
+  const address& peer;
+  squall::detail::fiber_record* fib = squall::detail::current_fiber();
+  std::uint64_t requests = 0;  // served on this connection
+  bool idle = false;           // waiting for a request with nothing buffered
+  std::size_t open_index = 0;  // in server::state::open
+
+  head_parser parser;
+  message_head head;
+  std::size_t head_len = 0;
+  std::size_t in_off = 0;  // bytes of peek() that belong to this request and are processed
+  bool head_detached = false;
+  std::string head_copy;  // the head, once detached
+  std::string peer_ip, xremote_ip;
+  std::string_view path, query, protocol = "http", path_rest;
+  std::vector<std::pair<std::string_view, std::string_view>> params;
+  time_point began{};  // first byte of the request
+
+  // Body state.
+  std::uint64_t body_left = 0;  // content_length bytes not yet read
+  chunked_decoder chunks;
+  bool body_complete = true;
+  bool body_buffered = false;  // body() has been called
+  bool continue_sent = false;
+  std::string body_buf;  // decoded (chunked or gunzipped) bodies
+  std::string_view body_view;
+  std::optional<gzip::inflater> inflate;
+  bool inflating = false;
+  std::string inflate_buf;
+
+  // Response state.
+  int status = 200;
+  std::string reason;
+  std::string fields;  // "Name: value\r\n"...
+  std::optional<std::uint64_t> content_length;
+  bool started = false, finished = false, chunked = false, close_after = false, head_only = false;
+  std::uint64_t body_sent = 0;
+  bool gzipping = false;
+  std::optional<gzip::deflater> deflate;
+  std::string gz_out;
+
+  connection(server::state& state, io_stream& stream, const address& p)
+      : st(state), s(stream), peer(p), parser(state.opts.limits), chunks(state.opts.limits) {
+    head.headers.reserve(16);
+    peer_ip = p.family() == AF_UNIX ? std::string("unix") : p.host();
+  }
+
+  void serve();
+  bool read_head();
+  void prepare_request();
+  void run_handler();
+  void end_request();
+  void refuse(int status, const char* why);
+  void linger_close();
+
+  // Body.
+  void detach_head();
+  bool more_input(time_point deadline);
+  time_point body_deadline() const { return io_loop::now() + st.opts.body_timeout; }
+  void send_continue();
+  std::string_view raw_body_some();
+  std::string_view body_some();
+  std::string_view whole_body();
+  bool discard_body();
+
+  // Response.
+  void write_head(std::string_view extra);
+  void reset_response();
+  void send(std::string_view body);
+  void write(std::string_view data);
+  void start_streaming();
+  void mark_gzipped();
+  void write_raw_body(std::string_view data);
+  void finish();
+  bool want_gzip(std::uint64_t size_hint) const;
+  bool keep_alive() const;
+};
+
+void connection::serve() {
+  // Registered for shutdown(); removal swaps with the last entry, so it costs O(1) even when
+  // thousands of connections end at once.
+  open_index = st.open.size();
+  st.open.push_back(this);
+  struct unregister {
+    connection& c;
+    ~unregister() {
+      auto& v = c.st.open;
+      v[c.open_index] = v.back();
+      v[c.open_index]->open_index = c.open_index;
+      v.pop_back();
+    }
+  } guard{*this};
+  while (!st.closing) {
+    if (!read_head()) return;
+    prepare_request();
+    run_handler();
+    if (!finished) return;  // the handler failed half-way through a response
+    ++st.served;
+    ++requests;
+    if (st.opts.on_response) {
+      request req(*this);
+      st.opts.on_response(req, status, body_sent, io_loop::now() - began);
+    }
+    if (close_after || st.closing) {
+      // Unread request bytes would make close() send a reset, which can destroy the response
+      // before the client reads it.
+      if (!body_complete || s.buffered() > in_off)
+        linger_close();
+      else
+        s.close("http: connection: close", io_loop::now() + std::chrono::seconds(5));
+      return;
+    }
+    end_request();
+  }
+}
+
+// Reads until a whole head is buffered. False when the connection should just end.
+bool connection::read_head() {
+  parser.reset();
+  time_point deadline{};
+  bool have_bytes = false;
+  for (;;) {
+    std::string_view in = s.peek();
+    if (!in.empty()) {
+      if (!have_bytes) {
+        have_bytes = true;
+        began = io_loop::now();
+        deadline = began + st.opts.header_timeout;
+      }
+      parse_error err;
+      head_len = parser.parse_request(in, head, err);
+      if (err) {
+        refuse(err.status, err.what);
+        return false;
+      }
+      if (head_len) {
+        in_off = head_len;
+        return true;
+      }
+    } else {
+      deadline = io_loop::now() + st.opts.idle_timeout;
+    }
+    idle = !have_bytes;
+    try {
+      bool more = s.read_more(deadline);
+      idle = false;
+      if (!more) return false;  // the client closed (mid-request or not): nothing to answer
+    } catch (const std::system_error& e) {
+      idle = false;
+      if (e.code() == error::timed_out && have_bytes) refuse(408, "header timeout");
+      if (e.code() == error::timed_out || e.code() == error::cancelled) return false;
+      throw;
+    }
+    if (st.closing && !have_bytes && s.peek().empty()) return false;
+  }
+}
+
+void connection::prepare_request() {
+  std::string_view t = head.target;
+  std::size_t from = 0;
+  if (!t.empty() && t[0] != '/') {
+    // absolute-form (a proxy-style request): the path starts after the authority
+    std::size_t scheme = t.find("://");
+    if (scheme != std::string_view::npos) {
+      std::size_t slash = t.find('/', scheme + 3);
+      from = slash == std::string_view::npos ? t.size() : slash;
+    }
+  }
+  std::string_view pq = t.substr(from);
+  std::size_t q = pq.find('?');
+  path = pq.substr(0, q);
+  if (path.empty()) path = from == 0 ? t : std::string_view("/");
+  query = q == std::string_view::npos ? std::string_view() : pq.substr(q + 1);
+  path_rest = {};
+  params.clear();
+
+  protocol = "http";
+  xremote_ip.clear();
+  if (st.opts.xheaders) {
+    std::string_view ip = trim(head.header("X-Real-IP"));
+    if (!valid_ip(ip)) {
+      std::string_view xff = head.header("X-Forwarded-For");
+      std::size_t comma = xff.rfind(',');
+      ip = trim(comma == std::string_view::npos ? xff : xff.substr(comma + 1));
+    }
+    if (valid_ip(ip)) xremote_ip.assign(ip);
+    std::string_view proto = trim(head.header("X-Forwarded-Proto"));
+    if (proto.empty()) proto = trim(head.header("X-Scheme"));
+    if (iequals(proto, "https")) protocol = "https";
+  }
+
+  body_left = head.framing == body_framing::content_length ? head.content_length : 0;
+  body_complete = head.framing == body_framing::none || body_left == 0;
+  if (head.framing == body_framing::chunked) {
+    chunks.reset();
+    body_complete = false;
+  }
+  body_buffered = continue_sent = false;
+  body_view = {};
+  inflating = false;
+  if (st.opts.decompress_request && !body_complete && gzip::available()) {
+    std::string_view ce = trim(head.header("Content-Encoding"));
+    if (iequals(ce, "gzip") || iequals(ce, "x-gzip")) {
+      if (!inflate) inflate.emplace();
+      inflate->reset();
+      inflating = true;
+    }
+  }
+  reset_response();
+  head_only = head.method == "HEAD";
+  if (!head.keep_alive) close_after = true;
+}
+
+void connection::run_handler() {
+  request req(*this);
+  response resp(*this);
+  try {
+    st.fn(req, resp);
+    if (!finished) finish();
+    return;
+  } catch (const request_error& e) {
+    log(log_level::debug, "http", "%s %.*s: %d %s", peer_ip.c_str(), int(path.size()), path.data(),
+        e.status(), e.what());
+    if (started) return;
+    reset_response();
+    if (e.close()) close_after = true;
+    status = e.status();
+  } catch (const std::system_error& e) {
+    if (is_quiet(e.code()) && e.code() != error::timed_out) throw;  // the connection is gone
+    if (e.code() == error::timed_out && !started) {
+      reset_response();
+      close_after = true;
+      status = 408;
+    } else {
+      log(log_level::error, "http", "handler for %.*s %.*s failed: %s", int(head.method.size()),
+          head.method.data(), int(path.size()), path.data(), e.what());
+      if (started) return;
+      reset_response();
+      status = 500;
+    }
+  } catch (const std::exception& e) {
+    log(log_level::error, "http", "handler for %.*s %.*s threw: %s", int(head.method.size()),
+        head.method.data(), int(path.size()), path.data(), e.what());
+    if (started) return;
+    reset_response();
+    status = 500;
+  }
+  response(*this).send_error(status);
+}
+
+// After the response: drop the rest of the body and this request's bytes.
+void connection::end_request() {
+  if (!body_complete && !discard_body()) {
+    s.close("http: request body left unread", io_loop::now() + std::chrono::seconds(5));
+    close_after = true;
+    return;
+  }
+  s.consume(in_off);
+  in_off = 0;
+  head_detached = false;
+  head.clear();
+}
+
+bool connection::keep_alive() const {
+  if (close_after || st.closing || !head.keep_alive) return false;
+  std::uint64_t max = st.opts.max_requests_per_connection;
+  return max == 0 || requests + 1 < max;
+}
+
+// A request we cannot serve: answer and close.
+void connection::refuse(int code, const char* why) {
+  log(log_level::debug, "http", "refused a request from %s: %d %s", peer_ip.c_str(), code, why);
+  reset_response();
+  head.keep_alive = false;
+  close_after = true;
+  head_only = false;
+  std::string body = std::to_string(code) + " " + std::string(reason_phrase(code)) + "\n";
+  status = code;
+  fields = "Content-Type: text/plain; charset=utf-8\r\n";
+  try {
+    send(body);
+    linger_close();
+  } catch (const std::system_error&) {
+  }
+}
+
+// Sends the response, stops sending, and reads and drops what the client still sends for a
+// while, so it reads our answer instead of a reset.
+void connection::linger_close() {
+  time_point until = io_loop::now() + st.opts.linger_timeout;
+  try {
+    s.shutdown_write(until);
+    std::size_t dropped = 0;
+    while (dropped < 16 * 1024 * 1024) {
+      std::string_view in = s.peek();
+      s.consume(in.size());
+      dropped += in.size();
+      if (!s.read_more(until)) break;
+    }
+  } catch (const std::system_error&) {
+  }
+  s.close();
+}
+
+// --- Request bodies -----------------------------------------------------------------------------
+
+// Copies the head out of the stream's buffer, so the stream can move its bytes.
+void connection::detach_head() {
+  if (head_detached) return;
+  std::string_view in = s.peek();
+  head_copy.assign(in.data(), head_len);
+  const char* old_base = in.data();
+  const char* old_end = old_base + head_len;
+  const char* new_base = head_copy.data();
+  auto move = [&](std::string_view& v) {
+    if (v.data() >= old_base && v.data() < old_end)
+      v = {new_base + (v.data() - old_base), v.size()};
+  };
+  move(head.method);
+  move(head.target);
+  move(head.reason);
+  for (auto& f : head.headers) {
+    move(f.name);
+    move(f.value);
+  }
+  move(path);
+  move(query);
+  move(path_rest);
+  for (auto& p : params)
+    move(p.second);
+  s.consume(in_off);
+  in_off = 0;
+  head_detached = true;
+}
+
+// More body bytes into the buffer. Throws request_error when the client stops sending.
+bool connection::more_input(time_point deadline) {
+  detach_head();
+  if (in_off > 0) {
+    s.consume(in_off);
+    in_off = 0;
+  }
+  try {
+    if (!s.read_more(deadline)) throw request_error(400, "body ended early");
+  } catch (const std::system_error& e) {
+    if (e.code() == error::timed_out) throw request_error(408, "body timeout");
+    throw;
+  }
+  return true;
+}
+
+void connection::send_continue() {
+  if (continue_sent || !head.expect_continue || started) return;
+  continue_sent = true;
+  s.write("HTTP/1.1 100 Continue\r\n\r\n");
+  s.flush(body_deadline());
+}
+
+// The next piece of the body as sent (chunked framing removed), or empty at its end. The piece
+// stays valid until the next call.
+std::string_view connection::raw_body_some() {
+  if (body_complete) return {};
+  send_continue();
+  for (;;) {
+    std::string_view in = s.peek().substr(in_off);
+    if (head.framing == body_framing::content_length) {
+      if (!in.empty()) {
+        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in.size(), body_left));
+        in_off += n;
+        body_left -= n;
+        body_complete = body_left == 0;
+        return in.substr(0, n);
+      }
+    } else if (!in.empty()) {
+      std::string_view data;
+      parse_error err;
+      std::size_t used = chunks.decode(in, data, err);
+      if (err) throw request_error(err.status, err.what);
+      in_off += used;
+      if (chunks.done()) body_complete = true;
+      if (!data.empty()) return data;
+      if (body_complete) return {};
+      if (used > 0) continue;
+    }
+    more_input(body_deadline());
+  }
+}
+
+// The next piece of the body, decompressed if the server decompresses requests.
+std::string_view connection::body_some() {
+  if (!inflating) return raw_body_some();
+  for (;;) {
+    std::string_view raw = raw_body_some();
+    if (raw.empty()) return {};
+    inflate_buf.clear();
+    switch (inflate->decompress(raw, inflate_buf, st.opts.limits.max_body_size)) {
+      case gzip::inflater::result::bad_data:
+        throw request_error(400, "bad gzip body");
+      case gzip::inflater::result::too_large:
+        throw request_error(413, "gzip body too large");
+      default:
+        break;
+    }
+    if (!inflate_buf.empty()) return inflate_buf;
+  }
+}
+
+std::string_view connection::whole_body() {
+  if (body_buffered) return body_view;
+  body_buffered = true;
+  if (head.framing == body_framing::content_length && !inflating) {
+    // In place: wait until all of it is buffered (the stream grows as needed).
+    send_continue();
+    std::size_t need = static_cast<std::size_t>(body_left);
+    while (s.peek().size() - in_off < need)
+      more_input(body_deadline());
+    body_view = s.peek().substr(in_off, need);
+    in_off += need;
+    body_left = 0;
+    body_complete = true;
+    return body_view;
+  }
+  body_buf.clear();
+  for (std::string_view piece; !(piece = body_some()).empty();)
+    body_buf.append(piece);
+  body_view = body_buf;
+  return body_view;
+}
+
+// Reads and drops an unread body if it is small enough. False: the connection must close.
+bool connection::discard_body() {
+  if (head.expect_continue && !continue_sent) return false;  // the client may not send it
+  if (head.framing == body_framing::content_length && body_left > st.opts.max_discard) return false;
+  std::size_t dropped = 0;
+  try {
+    while (!body_complete) {
+      dropped += raw_body_some().size();
+      if (dropped > st.opts.max_discard) return false;
+    }
+  } catch (const request_error&) {
+    return false;
+  }
+  return true;
+}
+
+// --- Responses ----------------------------------------------------------------------------------
+
+void connection::reset_response() {
+  status = 200;
+  reason.clear();
+  fields.clear();
+  content_length.reset();
+  started = finished = chunked = gzipping = false;
+  body_sent = 0;
+}
+
+bool connection::want_gzip(std::uint64_t size) const {
+  // Not for bodiless statuses, nor a 206: its Content-Range counts bytes of the plain body.
+  if (!st.opts.gzip || !gzip::available() || status == 204 || status == 304 || status == 206 ||
+      status < 200)
+    return false;
+  if (size < st.opts.gzip_min_length) return false;
+  if (!head.has_token("Accept-Encoding", "gzip")) return false;
+  std::string_view type, encoding;
+  // The handler's own fields: a Content-Type worth compressing, no Content-Encoding yet.
+  for (std::size_t pos = 0; pos < fields.size();) {
+    std::size_t eol = fields.find("\r\n", pos);
+    std::string_view line(fields.data() + pos, eol - pos);
+    std::size_t colon = line.find(':');
+    std::string_view name = line.substr(0, colon), value = trim(line.substr(colon + 1));
+    if (iequals(name, "Content-Type")) type = value;
+    if (iequals(name, "Content-Encoding")) encoding = value;
+    if (iequals(name, "Content-Range")) return false;
+    pos = eol + 2;
+  }
+  return encoding.empty() && gzip::compressible(type);
+}
+
+// Writes the status line and fields; `framing` is the Content-Length or Transfer-Encoding line.
+void connection::write_head(std::string_view framing) {
+  started = true;
+  if (!close_after && !body_complete) {
+    // A body we will not read: with 100-continue unsent the client may never send it, and a
+    // large one is not worth reading; either way this is the last response on the connection.
+    bool never_sent = head.expect_continue && !continue_sent;
+    bool too_big = head.framing == body_framing::content_length && body_left > st.opts.max_discard;
+    if (never_sent || too_big) close_after = true;
+  }
+  bool keep = keep_alive();
+  if (!keep) close_after = true;  // decided here, where the client is told
+  char status_line[16] = "HTTP/1.1 000 ";
+  status_line[9] = static_cast<char>('0' + status / 100);
+  status_line[10] = static_cast<char>('0' + status / 10 % 10);
+  status_line[11] = static_cast<char>('0' + status % 10);
+  std::string_view why = reason.empty() ? reason_phrase(status) : std::string_view(reason);
+  std::string_view conn_line;
+  if (!keep)
+    conn_line = "Connection: close\r\n";
+  else if (head.minor_version == 0)
+    conn_line = "Connection: keep-alive\r\n";
+  std::string_view pieces[] = {
+      {status_line, 13}, why,       "\r\n", st.server_line, date_line(), fields,
+      framing,           conn_line, "\r\n",
+  };
+  s.write(pieces);
+}
+
+void connection::send(std::string_view body) {
+  if (started) throw std::logic_error("squall: http response already started");
+  if (want_gzip(body.size())) {
+    if (!deflate) deflate.emplace();
+    deflate->reset();
+    gz_out.clear();
+    deflate->compress(body, gz_out, false, true);
+    mark_gzipped();
+    body = gz_out;
+  }
+  bool no_body = status == 204 || status == 304 || status < 200;
+  char line[48];
+  std::string_view framing;
+  if (status != 204 && status != 304 && status >= 200)
+    framing = {line, number_line(line, "Content-Length: ", body.size())};
+  write_head(framing);
+  if (!head_only && !no_body && !body.empty()) s.write(body);
+  body_sent = body.size();
+  finished = true;
+}
+
+void connection::write_raw_body(std::string_view data) {
+  if (data.empty() || head_only) return;
+  if (chunked) {
+    char size[24];
+    std::string_view pieces[] = {{size, number_line(size, "", data.size(), 16)}, data, "\r\n"};
+    s.write(pieces);
+  } else {
+    s.write(data);
+  }
+}
+
+void connection::write(std::string_view data) {
+  if (finished) throw std::logic_error("squall: http response already finished");
+  if (!started) start_streaming();
+  if (content_length && !gzipping && body_sent + data.size() > *content_length) {
+    // More than announced would be read by the client as the start of the next response.
+    close_after = true;
+    throw std::logic_error("squall: http response body longer than its Content-Length");
+  }
+  body_sent += data.size();
+  if (gzipping) {
+    gz_out.clear();
+    deflate->compress(data, gz_out, false, false);
+    write_raw_body(gz_out);
+  } else {
+    write_raw_body(data);
+  }
+}
+
+// The head of a streamed response: Content-Length if the handler gave one (and the body is not
+// gzipped on the way), else chunked, else (HTTP/1.0) the end of the connection ends the body.
+void connection::start_streaming() {
+  {
+    std::string framing;
+    if (content_length && !want_gzip(*content_length)) {
+      framing = "Content-Length: ";
+      append_number(framing, *content_length);
+      framing += "\r\n";
+    } else if (head.minor_version >= 1) {
+      chunked = true;
+      framing = "Transfer-Encoding: chunked\r\n";
+    } else {
+      close_after = true;  // HTTP/1.0: the end of the connection ends the body
+    }
+    gzipping = want_gzip(content_length.value_or(st.opts.gzip_min_length));
+    if (gzipping) {
+      if (!deflate) deflate.emplace();
+      deflate->reset();
+      mark_gzipped();
+    }
+    write_head(framing);
+  }
+}
+
+// The fields of a gzipped response: its encoding, Vary, and a weakened ETag (the compressed
+// bytes differ from the ones a strong tag names; nginx does the same).
+void connection::mark_gzipped() {
+  fields += "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n";
+  for (std::size_t pos = 0; pos < fields.size();) {
+    std::size_t eol = fields.find("\r\n", pos);
+    std::size_t colon = fields.find(':', pos);
+    if (colon < eol && iequals(std::string_view(fields).substr(pos, colon - pos), "ETag")) {
+      std::size_t v = fields.find_first_not_of(' ', colon + 1);
+      if (v < eol && fields[v] == '"') fields.insert(v, "W/");
+      break;
+    }
+    pos = eol + 2;
+  }
+}
+
+void connection::finish() {
+  if (finished) return;
+  if (!started) {
+    if (!content_length) {
+      send({});
+      return;
+    }
+    start_streaming();  // a HEAD answer, or a length the handler never wrote (closes below)
+  }
+  if (gzipping) {
+    gz_out.clear();
+    deflate->compress({}, gz_out, false, true);
+    write_raw_body(gz_out);
+  }
+  if (chunked && !head_only) s.write("0\r\n\r\n");
+  if (content_length && !gzipping && body_sent != *content_length && !head_only) {
+    // The client would wait for bytes that never come, or read ours as the next response.
+    log(log_level::error, "http", "response to %.*s sent %llu bytes, Content-Length said %llu",
+        int(path.size()), path.data(), static_cast<unsigned long long>(body_sent),
+        static_cast<unsigned long long>(*content_length));
+    close_after = true;
+  }
+  finished = true;
+}
+
+}  // namespace detail
+
+// --- request / response -------------------------------------------------------------------------
+
+std::string_view request::method() const noexcept {
+  return c_.head.method;
+}
+std::string_view request::target() const noexcept {
+  return c_.head.target;
+}
+std::string_view request::path() const noexcept {
+  return c_.path;
+}
+std::string_view request::query() const noexcept {
+  return c_.query;
+}
+int request::minor_version() const noexcept {
+  return c_.head.minor_version;
+}
+const message_head& request::head() const noexcept {
+  return c_.head;
+}
+std::string_view request::header(std::string_view name) const noexcept {
+  return c_.head.header(name);
+}
+const address& request::peer() const noexcept {
+  return c_.peer;
+}
+std::string_view request::remote_ip() const noexcept {
+  return c_.xremote_ip.empty() ? std::string_view(c_.peer_ip) : std::string_view(c_.xremote_ip);
+}
+std::string_view request::protocol() const noexcept {
+  return c_.protocol;
+}
+std::string_view request::param(std::string_view name) const noexcept {
+  for (auto& [n, v] : c_.params)
+    if (n == name) return v;
+  return {};
+}
+std::string_view request::path_rest() const noexcept {
+  return c_.path_rest;
+}
+std::string_view request::body() {
+  return c_.whole_body();
+}
+std::string_view request::read_body_some() {
+  return c_.body_some();
+}
+bool request::body_done() const noexcept {
+  return c_.body_complete;
+}
+
+void response::set_status(int code, std::string_view reason) {
+  if (c_.started) throw std::logic_error("squall: set_status after the response started");
+  if (code < 100 || code > 999) throw std::invalid_argument("squall: invalid status code");
+  check_field("Status", reason);
+  c_.status = code;
+  c_.reason.assign(reason);
+}
+int response::status() const noexcept {
+  return c_.status;
+}
+
+void response::add_header(std::string_view name, std::string_view value) {
+  if (c_.started) throw std::logic_error("squall: add_header after the response started");
+  check_field(name, value);
+  c_.fields.append(name).append(": ").append(value).append("\r\n");
+}
+
+void response::set_header(std::string_view name, std::string_view value) {
+  if (c_.started) throw std::logic_error("squall: set_header after the response started");
+  check_field(name, value);
+  std::string& f = c_.fields;
+  for (std::size_t pos = 0; pos < f.size();) {
+    std::size_t eol = f.find("\r\n", pos) + 2;
+    std::size_t colon = f.find(':', pos);
+    if (iequals(std::string_view(f).substr(pos, colon - pos), name))
+      f.erase(pos, eol - pos);
+    else
+      pos = eol;
+  }
+  add_header(name, value);
+}
+
+void response::set_content_length(std::uint64_t n) {
+  if (c_.started) throw std::logic_error("squall: set_content_length after the response started");
+  c_.content_length = n;
+}
+void response::close_connection() noexcept {
+  c_.close_after = true;
+}
+void response::send(std::string_view body) {
+  c_.send(body);
+}
+void response::write(std::string_view data) {
+  c_.write(data);
+}
+void response::flush() {
+  c_.s.flush();
+}
+void response::finish() {
+  c_.finish();
+}
+bool response::started() const noexcept {
+  return c_.started;
+}
+bool response::finished() const noexcept {
+  return c_.finished;
+}
+
+void response::send_error(int code) {
+  set_status(code);
+  set_header("Content-Type", "text/plain; charset=utf-8");
+  std::string body = std::to_string(code) + " " + std::string(reason_phrase(code)) + "\n";
+  c_.send(body);
+}
+
+// --- Router -------------------------------------------------------------------------------------
+
+struct router::route {
+  std::string method;
+  std::string pattern;
+  enum class kind { exact, prefix, segments } k = kind::exact;
+  std::vector<std::string> segments;  // "{name}" for a capture
+  handler fn;
+
+  // Matches `path`; fills `params`/`rest` on success.
+  bool match(std::string_view path,
+             std::vector<std::pair<std::string_view, std::string_view>>& params,
+             std::string_view& rest) const {
+    switch (k) {
+      case kind::exact:
+        return path == pattern;
+      case kind::prefix:
+        if (!path.starts_with(pattern)) return false;
+        rest = path.substr(pattern.size());
+        return true;
+      case kind::segments:
+        break;
+    }
+    params.clear();
+    std::string_view p = path;
+    for (const std::string& seg : segments) {
+      if (p.empty() || p[0] != '/') return false;
+      p.remove_prefix(1);
+      std::size_t end = std::min(p.find('/'), p.size());
+      std::string_view part = p.substr(0, end);
+      if (seg.size() >= 2 && seg.front() == '{' && seg.back() == '}') {
+        if (part.empty()) return false;
+        params.emplace_back(std::string_view(seg).substr(1, seg.size() - 2), part);
+      } else if (part != seg) {
+        return false;
+      }
+      p.remove_prefix(end);
+    }
+    return p.empty();
+  }
+};
+
+router::router() = default;
+router::router(router&&) noexcept = default;
+router& router::operator=(router&&) noexcept = default;
+router::~router() = default;
+
+router& router::add(std::string_view method, std::string_view pattern, handler h) {
+  if (pattern.empty() || pattern[0] != '/')
+    throw std::invalid_argument("squall: route pattern must start with '/'");
+  auto r = std::make_unique<route>();
+  r->method.assign(method);
+  r->fn = std::move(h);
+  if (pattern.ends_with("/*")) {
+    r->k = route::kind::prefix;
+    r->pattern.assign(pattern.substr(0, pattern.size() - 1));  // keep the '/'
+  } else if (pattern.find('{') != std::string_view::npos) {
+    r->k = route::kind::segments;
+    r->pattern.assign(pattern);
+    std::string_view p = pattern.substr(1);
+    for (;;) {
+      std::size_t end = std::min(p.find('/'), p.size());
+      r->segments.emplace_back(p.substr(0, end));
+      if (end == p.size()) break;
+      p.remove_prefix(end + 1);
+    }
+  } else {
+    r->pattern.assign(pattern);
+  }
+  routes_.push_back(std::move(r));
+  return *this;
+}
+
+void router::operator()(request& req, response& resp) {
+  auto& c = req.c_;
+  std::string allow;
+  for (const auto& r : routes_) {
+    std::string_view rest;
+    if (!r->match(c.path, c.params, rest)) continue;
+    std::string_view m = req.method();
+    if (r->method == "*" || r->method == m || (m == "HEAD" && r->method == "GET")) {
+      c.path_rest = rest;
+      r->fn(req, resp);
+      return;
+    }
+    if (allow.find(r->method) == std::string::npos) {
+      if (!allow.empty()) allow += ", ";
+      allow += r->method;
+      if (r->method == "GET") allow += ", HEAD";
+    }
+  }
+  c.params.clear();
+  if (allow.empty()) {
+    resp.send_error(404);
+    return;
+  }
+  resp.set_header("Allow", allow);
+  resp.send_error(405);
+}
+
+// --- server -------------------------------------------------------------------------------------
+
+server::server(io_loop& loop, handler h, server_options opts)
+    : st_(std::make_shared<state>(loop, std::move(h), std::move(opts))) {
+  tcp_server_options t;
+  t.max_connections = st_->opts.max_connections;
+  t.stack_size = st_->opts.stack_size;
+  // The stream holds a head and, when the handler asks for it, the whole body.
+  // Any single wait (a client that stops reading our response) ends after idle_timeout; reads
+  // have their own, shorter deadlines.
+  t.stream.idle_timeout = st_->opts.idle_timeout;
+  t.stream.max_buffer_size =
+      st_->opts.limits.max_header_size + st_->opts.limits.max_body_size + 64 * 1024;
+  std::weak_ptr<state> weak = st_;
+  st_->tcp = std::make_unique<tcp_server>(
+      loop,
+      [weak](io_stream& s, const address& peer) {
+        auto st = weak.lock();
+        if (!st) return;
+        detail::connection c(*st, s, peer);
+        try {
+          c.serve();
+        } catch (const std::system_error& e) {
+          if (!is_quiet(e.code())) throw;
+        }
+      },
+      t);
+}
+
+server::~server() = default;
+
+void server::listen(std::uint16_t port, std::string_view host, bool reuse_port) {
+  st_->tcp->listen(port, host, reuse_port);
+}
+void server::add_sockets(const std::vector<int>& fds) {
+  st_->tcp->add_sockets(fds);
+}
+std::vector<address> server::addresses() const {
+  return st_->tcp->addresses();
+}
+void server::stop() {
+  st_->tcp->stop();
+}
+
+void server::shutdown(time_point deadline) {
+  auto st = st_;
+  st->closing = true;
+  st->tcp->stop();
+  for (detail::connection* c : st->open)
+    if (c->idle) squall::detail::cancel(c->fib);
+  st->tcp->shutdown(deadline);
+}
+
+std::size_t server::connection_count() const noexcept {
+  return st_->tcp->connection_count();
+}
+std::uint64_t server::requests_served() const noexcept {
+  return st_->served;
+}
+
+}  // namespace squall::http

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The squall command-line tool: one binary, one subcommand per job.
 //
-// For now `serve` only starts a loop and reports its backend (the HTTP server grows here with
-// the HTTP module); `echo` is the smallest server, `resolve` one DNS lookup; `version` and `help`
-// tell what this build has.
+// `serve` is the HTTP server (serve.cpp); `echo` the smallest TCP server, `resolve` one DNS
+// lookup; `version` and `help` tell what this build has.
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -20,6 +19,7 @@
 #include "squall/log.hpp"
 #include "squall/resolver.hpp"
 #include "squall/tcp_server.hpp"
+#include "tool.hpp"
 
 namespace {
 
@@ -28,7 +28,10 @@ void usage(std::FILE* out) {
                "usage: squall <command> [options]\n"
                "\n"
                "commands:\n"
-               "  serve [--backend io_uring|epoll]   run a loop until SIGINT/SIGTERM\n"
+               "  serve [--host H] [--port N] [--root DIR] [--workers N] [--gzip] [--quiet]\n"
+               "                                     an HTTP server (default 127.0.0.1:8888)\n"
+               "  get URL [-X M] [-H 'K: V']... [-d DATA] [-o FILE] [-v] [--timeout S]\n"
+               "                                     fetch URL; the body to stdout\n"
                "  echo [--port N] [--host H]         a TCP echo server (default 127.0.0.1:8007)\n"
                "  resolve NAME [--family 4|6] [--server IP:PORT]\n"
                "                                     look NAME up; print addresses and the time\n"
@@ -41,17 +44,6 @@ int cmd_version() {
               SQUALL_HAVE_IO_URING ? " io_uring" : "", SQUALL_HAVE_EPOLL ? " epoll" : "",
               SQUALL_HAVE_KQUEUE ? " kqueue" : "");
   return 0;
-}
-
-bool parse_backend(std::string_view s, squall::backend_kind& out) {
-  for (auto k : {squall::backend_kind::io_uring, squall::backend_kind::epoll,
-                 squall::backend_kind::kqueue}) {
-    if (s == squall::to_string(k)) {
-      out = k;
-      return true;
-    }
-  }
-  return false;
 }
 
 // SIGINT/SIGTERM stop the loop; SIGUSR1 prints every live fiber and what it waits for.
@@ -157,32 +149,21 @@ int cmd_resolve(int argc, char** argv) {
   return 0;
 }
 
-int cmd_serve(int argc, char** argv) {
-  squall::io_loop::options opts;
-  for (int i = 0; i < argc; ++i) {
-    std::string_view a = argv[i];
-    if (a == "--backend" && i + 1 < argc) {
-      if (!parse_backend(argv[++i], opts.backend)) {
-        std::fprintf(stderr, "squall serve: unknown backend '%s'\n", argv[i]);
-        return 2;
-      }
-    } else {
-      std::fprintf(stderr, "squall serve: unknown option '%s'\n", argv[i]);
-      usage(stderr);
-      return 2;
+}  // namespace
+
+namespace squall::tool {
+
+bool parse_backend(std::string_view s, backend_kind& out) {
+  for (auto k : {backend_kind::io_uring, backend_kind::epoll, backend_kind::kqueue}) {
+    if (s == to_string(k)) {
+      out = k;
+      return true;
     }
   }
-  squall::io_loop loop(opts);
-  add_signal_handlers(loop);
-  std::printf("squall %s serving on the %s backend (Ctrl-C to stop)\n", SQUALL_VERSION,
-              loop.backend_name());
-  std::fflush(stdout);
-  loop.run();
-  remove_signal_handlers(loop);
-  return 0;
+  return false;
 }
 
-}  // namespace
+}  // namespace squall::tool
 
 int main(int argc, char** argv) {
   if (argc < 2) {
@@ -191,7 +172,10 @@ int main(int argc, char** argv) {
   }
   std::string_view cmd = argv[1];
   try {
-    if (cmd == "serve") return cmd_serve(argc - 2, argv + 2);
+#if SQUALL_HAVE_HTTP
+    if (cmd == "serve") return squall::tool::serve_main(argc - 2, argv + 2);
+    if (cmd == "get") return squall::tool::get_main(argc - 1, argv + 1);
+#endif
     if (cmd == "echo") return cmd_echo(argc - 2, argv + 2);
     if (cmd == "resolve") return cmd_resolve(argc - 2, argv + 2);
     if (cmd == "version" || cmd == "--version") return cmd_version();

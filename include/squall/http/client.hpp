@@ -13,6 +13,9 @@
 // request timeout), error::closed / error::reset (the server went away), connection refused
 // (std::errc), resolver errors (see resolver.hpp), error::cancelled; a response squall cannot
 // parse, or a redirect loop past max_redirects, is http::bad_response (a std::runtime_error).
+// A request squall will not send (a URL that is not http://, a bad port, a method that is not a
+// token, a CR or LF in a header value) is std::invalid_argument; fetch() outside a fiber of the
+// client's loop is std::logic_error.
 #pragma once
 
 #include <cstddef>
@@ -48,11 +51,13 @@ struct fetch_request {
   // returns an empty view. The views must stay valid until the next call.
   unique_function<std::string_view()> body_producer;
 
-  duration connect_timeout = std::chrono::seconds(20);  // Tornado's defaults
+  // Tornado's defaults; zero means none. connect_timeout also bounds the wait for a free
+  // connection slot (max_connections_per_host).
+  duration connect_timeout = std::chrono::seconds(20);
   duration request_timeout = std::chrono::seconds(20);  // whole exchange, per hop
   bool follow_redirects = true;
   int max_redirects = 5;
-  bool decompress = true;  // send Accept-Encoding: gzip and decode gzip bodies
+  bool decompress = true;                    // send Accept-Encoding: gzip and decode gzip bodies
   std::string auth_username, auth_password;  // basic auth, if a username is given
   std::string user_agent = "squall";
 
@@ -79,7 +84,7 @@ struct fetch_response {
 
 struct client_options {
   // Connections open at once to one host:port (Tornado's max_clients is 10); further fetches
-  // wait for one to come free.
+  // wait for one to come free. 0: no limit.
   std::size_t max_connections_per_host = 10;
   // An idle pooled connection is closed after this long.
   duration idle_timeout = std::chrono::seconds(60);

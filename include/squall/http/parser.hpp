@@ -22,7 +22,8 @@
 //        field value (VCHAR, obs-text, SP, HTAB); both Content-Length and Transfer-Encoding;
 //        Content-Length values that differ or are not digits; Transfer-Encoding whose final
 //        coding is not chunked, or chunked twice, or any Transfer-Encoding in HTTP/1.0; an HTTP/1.1
-//        request without exactly one Host (requests only)
+//        request without Host, a request with more than one Host (any version, RFC 9112 3.2) or
+//        with a Host value that is not host[:port] (requests only)
 //   413  Content-Length (or the chunked body so far) larger than limits.max_body_size, or one
 //        chunk larger than limits.max_chunk_size
 //   414  request line longer than limits.max_start_line
@@ -50,7 +51,7 @@ struct header_field {
 
 // Defaults follow Tornado's (max_header_size 64 KiB, max_body_size 100 MiB) and nginx's.
 struct parse_limits {
-  std::size_t max_start_line = 8 * 1024;   // request or status line, without its CRLF (414)
+  std::size_t max_start_line = 8 * 1024;    // request or status line, without its CRLF (414)
   std::size_t max_header_size = 64 * 1024;  // the whole head, start line included (431)
   std::size_t max_headers = 100;            // header fields in one head (431)
   std::uint64_t max_body_size = 100 * 1024 * 1024;  // declared or decoded body (413)
@@ -117,12 +118,22 @@ class head_parser {
   std::size_t parse_response(std::string_view buf, message_head& out, parse_error& err);
 
   // Forgets the search position (start of a new message).
-  void reset() noexcept { scanned_ = 0; }
+  void reset() noexcept {
+    scanned_ = start_ = line_end_ = 0;
+    guessed_ = false;
+  }
   const parse_limits& limits() const noexcept { return limits_; }
 
  private:
+  std::size_t parse(std::string_view buf, message_head& out, parse_error& err, bool request);
+  std::size_t locate_head(std::string_view buf, parse_error& err);
+  bool skip_empty_lines(std::string_view buf, parse_error& err);
+
   parse_limits limits_;
-  std::size_t scanned_ = 0;  // bytes of the buffer already searched for the end of the head
+  std::size_t scanned_ = 0;   // bytes of the buffer already searched for the end of the head
+  std::size_t start_ = 0;     // where the start line begins, past the empty lines skipped so far
+  std::size_t line_end_ = 0;  // offset of the LF that ends the start line (0: not seen yet)
+  bool guessed_ = false;      // the one-pass parse has been tried on this message
 };
 
 // Decodes a chunked body (RFC 9112 7.1) incrementally, without copying: data comes back as views
@@ -136,7 +147,8 @@ class chunked_decoder {
   // chunk data found in those bytes (a view into `in`; empty if none), at most one run of data
   // per call: call again with the rest of the input while the return is non-zero and not done().
   // A return of 0 with no error means more input is needed. On malformed input `err` is set
-  // (400; 413 past max_body_size or max_chunk_size).
+  // (400, also for a chunk-size line longer than max_start_line; 413 past max_body_size or
+  // max_chunk_size; 431 for a trailer section past max_header_size or max_headers).
   std::size_t decode(std::string_view in, std::string_view& data, parse_error& err);
   // The last chunk and the trailer section have been read.
   bool done() const noexcept { return state_ == state::done; }
@@ -145,17 +157,48 @@ class chunked_decoder {
   void reset() noexcept;
 
  private:
-  enum class state : std::uint8_t { size, ext, size_lf, data, data_cr, data_lf, trailer, done };
+  // One state per place in the grammar outside chunk data, so that input split anywhere (down to
+  // one byte per call) needs nothing more than this to resume.
+  enum class state : std::uint8_t {
+    size_first,    // the first HEXDIG of a chunk-size
+    size,          // more HEXDIGs
+    ext_semi,      // BWS, then ";" or the end of the line
+    ext_name_ws,   // BWS, then a chunk-ext-name
+    ext_name,      // in a chunk-ext-name
+    ext_eq,        // BWS after a name, then "=", ";" or the end of the line
+    ext_value_ws,  // BWS, then a token or a quoted-string
+    ext_token,     // in a token value
+    ext_quoted,    // in a quoted-string
+    ext_escape,    // after a backslash in a quoted-string
+    ext_after_quote,
+    size_lf,  // CR seen at the end of the chunk-size line
+    data,     // chunk data: chunk_left_ bytes to go
+    data_cr,  // the CRLF after the data
+    data_lf,
+    trailer_start,  // the start of a trailer field line, or of the final empty line
+    trailer_name,
+    trailer_value,
+    trailer_lf,      // CR seen at the end of a trailer field line
+    trailer_end_lf,  // CR seen at the start of a line: the final CRLF
+    done,
+  };
+  bool step(char c, parse_error& err);
+  bool line_fits(char c);
+  bool size_byte(char c, parse_error& err);
+  bool add_digit(char c, parse_error& err);
+  bool ext_byte(char c, parse_error& err);
+  bool after_ext_item(char c, parse_error& err);
+  bool end_size_line();
+  bool next_chunk();
+  bool trailer_byte(char c, parse_error& err);
+
   parse_limits limits_;
-  state state_ = state::size;
-  std::uint64_t chunk_left_ = 0;  // data bytes left in the current chunk
+  state state_ = state::size_first;
+  std::uint64_t chunk_left_ = 0;  // the chunk-size being read, then the data bytes left
   std::uint64_t total_ = 0;
-  unsigned size_digits_ = 0;
-  std::size_t line_len_ = 0;     // bytes in the current size/extension/trailer line
+  std::size_t line_len_ = 0;     // bytes in the current chunk-size line
   std::size_t trailer_len_ = 0;  // bytes of trailer section so far
-  bool ext_quoted_ = false, ext_escape_ = false;
-  unsigned char ext_state_ = 0;
-  bool trailer_line_empty_ = true;
+  std::size_t trailer_fields_ = 0;
 };
 
 }  // namespace squall::http

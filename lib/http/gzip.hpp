@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+// gzip streams on zlib, for the HTTP server (responses out, request bodies in) and the client.
+// Internal header. Without zlib (SQUALL_HAVE_ZLIB 0) available() is false and the classes throw.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace squall::http::gzip {
+
+// zlib was found at build time.
+bool available() noexcept;
+
+// Compresses into gzip format, piece by piece.
+class deflater {
+ public:
+  explicit deflater(int level = 6);
+  ~deflater();
+  deflater(const deflater&) = delete;
+  deflater& operator=(const deflater&) = delete;
+
+  // Appends the compressed form of `in` to `out`. With `flush`, everything so far becomes
+  // decodable (Z_SYNC_FLUSH); with `finish`, the stream ends (trailer written).
+  void compress(std::string_view in, std::string& out, bool flush, bool finish);
+  // Starts a new stream (reuses the zlib state).
+  void reset();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> p_;
+};
+
+// Decompresses gzip (or zlib-wrapped deflate) data, piece by piece, with a bound on the output.
+class inflater {
+ public:
+  inflater();
+  ~inflater();
+  inflater(const inflater&) = delete;
+  inflater& operator=(const inflater&) = delete;
+
+  enum class result { ok, done, bad_data, too_large };
+  // Appends the decoded form of `in` to `out`; fails with too_large once the total decoded size
+  // passes `max_total`. Concatenated gzip members are decoded one after the other. `done` when
+  // the stream has ended (bytes after it are ignored).
+  result decompress(std::string_view in, std::string& out, std::size_t max_total);
+  std::size_t total_out() const noexcept;
+  void reset();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> p_;
+  std::size_t total_ = 0;  // decoded bytes over every member
+};
+
+// Whether a Content-Type is worth compressing (text/*, JSON, JavaScript, XML, SVG, ...).
+bool compressible(std::string_view content_type) noexcept;
+
+}  // namespace squall::http::gzip

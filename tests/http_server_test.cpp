@@ -1,0 +1,752 @@
+// SPDX-License-Identifier: MIT
+// The HTTP server, driven by raw sockets (exact bytes), curl, Python's http.client and Tornado's
+// AsyncHTTPClient. Each test starts a server on 127.0.0.1 in its own loop; the peer runs on a
+// thread while the loop serves.
+#include <dirent.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "doctest/doctest.h"
+#include "http_test_util.hpp"
+#include "squall/config.hpp"
+#include "squall/fiber.hpp"
+#include "squall/http/server.hpp"
+#include "squall/locks.hpp"
+#include "test_util.hpp"
+
+#if SQUALL_HAVE_ZLIB
+#include <zlib.h>
+#endif
+
+using namespace squall;
+using namespace squall::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct fixture {
+  io_loop loop;
+  std::unique_ptr<http::server> srv;
+  std::uint16_t port = 0;
+
+  void start(http::handler h, http::server_options o = {}) {
+    srv = std::make_unique<http::server>(loop, std::move(h), std::move(o));
+    srv->listen(0, "127.0.0.1");
+    port = srv->addresses().at(0).port();
+  }
+  template <class F>
+  auto peer(F fn, duration limit = 60s) {
+    return off_loop(loop, std::move(fn), limit);
+  }
+  ~fixture() {
+    srv.reset();
+    run_until(
+        loop, [&] { return fiber_count(loop) == 0; }, 5s);
+  }
+};
+
+http::handler hello() {
+  return [](http::request&, http::response& resp) {
+    resp.add_header("Content-Type", "text/plain");
+    resp.send("hello\n");
+  };
+}
+
+// Echoes the method, path, query and body.
+http::handler echo_request() {
+  return [](http::request& req, http::response& resp) {
+    std::string body = std::string(req.method()) + " " + std::string(req.path()) + " " +
+                       std::string(req.query()) + " [" + std::string(req.body()) + "]";
+    resp.send(body);
+  };
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+std::string temp_dir() {
+  char tmpl[] = "/tmp/squall-http-XXXXXX";
+  return mkdtemp(tmpl);
+}
+
+}  // namespace
+
+TEST_CASE("a GET gets status, Date, Server, Content-Length and the body") {
+  fixture f;
+  f.start(hello());
+  std::string r = f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    return c.response();
+  });
+  CHECK(r.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(header_of(r, "content-length") == "6");
+  CHECK(header_of(r, "server") == "squall");
+  CHECK(header_of(r, "date").ends_with(" GMT"));
+  CHECK(header_of(r, "content-type") == "text/plain");
+  CHECK(header_of(r, "connection") == "");
+  CHECK(body_of(r) == "hello\n");
+}
+
+TEST_CASE("keep-alive: several requests on one connection") {
+  fixture f;
+  f.start(echo_request());
+  auto rs = f.peer([&] {
+    raw_client c(f.port);
+    std::vector<std::string> out;
+    for (int i = 0; i < 3; ++i) {
+      c.send("POST /p?i=" + std::to_string(i) +
+             " HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+      out.push_back(c.response());
+    }
+    return out;
+  });
+  REQUIRE(rs.size() == 3);
+  for (int i = 0; i < 3; ++i)
+    CHECK(body_of(rs[i]) == "POST /p i=" + std::to_string(i) + " [abc]");
+  CHECK(f.srv->requests_served() == 3);
+}
+
+TEST_CASE("pipelining: responses in order, in one batch") {
+  fixture f;
+  f.start(echo_request());
+  auto r = f.peer([&] {
+    raw_client c(f.port);
+    std::string batch;
+    for (int i = 0; i < 16; ++i)
+      batch += "GET /" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    batch +=
+        "POST /last HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n";
+    c.send(batch);
+    std::vector<std::string> out;
+    for (int i = 0; i < 17; ++i)
+      out.push_back(c.response());
+    return out;
+  });
+  for (int i = 0; i < 16; ++i)
+    CHECK(body_of(r[i]) == "GET /" + std::to_string(i) + "  []");
+  CHECK(body_of(r[16]) == "POST /last  [xyz]");
+}
+
+TEST_CASE("HTTP/1.0 and Connection: close end the connection after the response") {
+  fixture f;
+  f.start(hello());
+  f.peer([&] {
+    {
+      raw_client c(f.port);
+      c.send("GET / HTTP/1.0\r\n\r\n");
+      std::string r = c.response();
+      CHECK(status_of(r) == 200);
+      CHECK(header_of(r, "connection") == "close");
+      CHECK(c.closed());
+    }
+    {
+      raw_client c(f.port);
+      c.send("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+      std::string r = c.response();
+      CHECK(header_of(r, "connection") == "keep-alive");
+      c.send("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+      CHECK(status_of(c.response()) == 200);
+    }
+    {
+      raw_client c(f.port);
+      c.send("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+      CHECK(header_of(c.response(), "connection") == "close");
+      CHECK(c.closed());
+    }
+    return 0;
+  });
+}
+
+TEST_CASE("HEAD gets the GET's headers and no body") {
+  fixture f;
+  http::router routes;
+  routes.get("/", hello());
+  f.start(std::move(routes));
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string h = c.response(true);
+    CHECK(status_of(h) == 200);
+    CHECK(header_of(h, "content-length") == "6");
+    CHECK(body_of(h).empty());
+    CHECK(body_of(c.response()) == "hello\n");  // the next response starts right after the head
+    return 0;
+  });
+}
+
+TEST_CASE("Expect: 100-continue is answered when the handler reads the body") {
+  fixture f;
+  f.start([](http::request& req, http::response& resp) {
+    if (req.header("Authorization") != "yes") {
+      resp.send_error(401);  // refuses without reading: no 100, the body is never wanted
+      return;
+    }
+    resp.send(std::string(req.body()));
+  });
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send(
+        "PUT /u HTTP/1.1\r\nHost: x\r\nAuthorization: yes\r\nExpect: 100-continue\r\n"
+        "Content-Length: 5\r\n\r\n");
+    std::string interim = c.response();
+    CHECK(interim == "HTTP/1.1 100 Continue\r\n\r\n");
+    c.send("12345");
+    std::string r = c.response();
+    CHECK(status_of(r) == 200);
+    CHECK(body_of(r) == "12345");
+
+    raw_client d(f.port);
+    d.send("PUT /u HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n");
+    std::string refused = d.response();
+    CHECK(status_of(refused) == 401);
+    CHECK(header_of(refused, "connection") == "close");
+    return 0;
+  });
+}
+
+TEST_CASE("chunked and streamed request bodies") {
+  fixture f;
+  f.start([](http::request& req, http::response& resp) {
+    if (req.path() == "/stream") {
+      std::size_t total = 0, pieces = 0;
+      for (std::string_view p; !(p = req.read_body_some()).empty();) {
+        total += p.size();
+        ++pieces;
+      }
+      CHECK(req.body_done());
+      resp.send(std::to_string(total));
+      return;
+    }
+    resp.send(std::string(req.body()));
+  });
+  auto r = f.peer([&] {
+    raw_client c(f.port);
+    std::vector<std::string> out;
+    c.send(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: t\r\n\r\n");
+    out.push_back(c.response());
+    // 3 MiB in pieces, with pauses so the server sees it arrive in parts.
+    std::string chunk(64 * 1024, 'x');
+    c.send("POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+           std::to_string(48 * chunk.size()) + "\r\n\r\n");
+    for (int i = 0; i < 48; ++i)
+      c.send(chunk);
+    out.push_back(c.response());
+    return out;
+  });
+  CHECK(body_of(r[0]) == "Wikipedia");
+  CHECK(body_of(r[1]) == std::to_string(48 * 64 * 1024));
+}
+
+TEST_CASE("streamed responses: chunked with flush, Content-Length, HTTP/1.0 until close") {
+  fixture f;
+  event go;
+  f.start([&](http::request& req, http::response& resp) {
+    if (req.path() == "/length") {
+      resp.set_content_length(10);
+      resp.write("01234");
+      resp.write("56789");
+      return;
+    }
+    resp.write("first ");
+    resp.flush();
+    go.wait(io_loop::now() + 5s);  // the client must have the first piece before this returns
+    resp.write("second");
+  });
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // The head and the first chunk arrive while the handler still waits.
+    while (c.buffered().find("first ") == std::string::npos) {
+      char b[256];
+      ssize_t n = ::recv(c.fd(), b, sizeof b, 0);
+      if (n <= 0) break;
+      c.buffered().append(b, static_cast<std::size_t>(n));
+    }
+    CHECK(c.buffered().find("Transfer-Encoding: chunked") != std::string::npos);
+    f.loop.add_callback([&] { go.set(); });
+    std::string r = c.response();
+    CHECK(body_of(r) == "first second");
+
+    c.send("GET /length HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = c.response();
+    CHECK(header_of(r, "content-length") == "10");
+    CHECK(header_of(r, "transfer-encoding") == "");
+    CHECK(body_of(r) == "0123456789");
+
+    raw_client old(f.port);
+    old.send("GET /length HTTP/1.0\r\n\r\n");
+    CHECK(body_of(old.response()) == "0123456789");
+    return 0;
+  });
+}
+
+TEST_CASE("an exception in a handler is a 500 and the connection stays usable") {
+  fixture f;
+  log_capture logs;
+  f.start([](http::request& req, http::response& resp) {
+    if (req.path() == "/boom") throw std::runtime_error("secret detail");
+    if (req.path() == "/late") {
+      resp.write("partial");
+      throw std::runtime_error("after the head");
+    }
+    resp.send("fine");
+  });
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET /boom HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string r = c.response();
+    CHECK(status_of(r) == 500);
+    CHECK(r.find("secret") == std::string::npos);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(body_of(c.response()) == "fine");
+
+    raw_client d(f.port);
+    d.send("GET /late HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string partial;
+    char b[4096];
+    ssize_t n;
+    while ((n = ::recv(d.fd(), b, sizeof b, 0)) > 0)
+      partial.append(b, static_cast<std::size_t>(n));
+    CHECK(n == 0);  // closed, without the final chunk
+    CHECK(partial.find("partial") != std::string::npos);
+    CHECK(partial.find("\r\n0\r\n\r\n") == std::string::npos);
+    return 0;
+  });
+  bool logged = false;
+  for (auto& l : logs.lines)
+    logged |= l.find("secret detail") != std::string::npos;
+  CHECK(logged);
+}
+
+TEST_CASE("router: exact, prefix, captures, 404 and 405") {
+  fixture f;
+  http::router routes;
+  routes.get("/", [](auto&, auto& resp) { resp.send("root"); });
+  routes.get("/files/*",
+             [](auto& req, auto& resp) { resp.send("file:" + std::string(req.path_rest())); });
+  routes.add("GET", "/user/{id}/post/{post}", [](auto& req, auto& resp) {
+    resp.send(std::string(req.param("id")) + "," + std::string(req.param("post")));
+  });
+  routes.post("/only-post", [](auto&, auto& resp) { resp.send("posted"); });
+  f.start(std::move(routes));
+  auto get = [&](const std::string& line) {
+    raw_client c(f.port);
+    c.send(line + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    return c.response();
+  };
+  f.peer([&] {
+    CHECK(body_of(get("GET /")) == "root");
+    CHECK(body_of(get("GET /files/a/b.txt")) == "file:a/b.txt");
+    CHECK(body_of(get("GET /user/7/post/42")) == "7,42");
+    CHECK(status_of(get("GET /user//post/42")) == 404);
+    CHECK(status_of(get("GET /user/7/post/42/more")) == 404);
+    CHECK(status_of(get("GET /nope")) == 404);
+    std::string r = get("GET /only-post");
+    CHECK(status_of(r) == 405);
+    CHECK(header_of(r, "allow") == "POST");
+    CHECK(body_of(get("POST /only-post")) == "posted");
+    return 0;
+  });
+}
+
+TEST_CASE("xheaders: remote_ip and protocol from the proxy only when enabled") {
+  for (bool on : {false, true}) {
+    fixture f;
+    http::server_options o;
+    o.xheaders = on;
+    f.start(
+        [](http::request& req, http::response& resp) {
+          resp.send(std::string(req.remote_ip()) + " " + std::string(req.protocol()));
+        },
+        std::move(o));
+    f.peer([&] {
+      raw_client c(f.port);
+      c.send(
+          "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1, 203.0.113.9\r\n"
+          "X-Forwarded-Proto: https\r\n\r\n");
+      std::string body(body_of(c.response()));
+      CHECK(body == (on ? "203.0.113.9 https" : "127.0.0.1 http"));
+      c.send(
+          "GET / HTTP/1.1\r\nHost: x\r\nX-Real-IP: 2001:db8::1\r\nX-Forwarded-For: junk\r\n\r\n");
+      body = std::string(body_of(c.response()));
+      CHECK(body == (on ? "2001:db8::1 http" : "127.0.0.1 http"));
+      c.send("GET / HTTP/1.1\r\nHost: x\r\nX-Real-IP: not-an-ip\r\n\r\n");
+      std::string r = c.response();
+      INFO(r);
+      CHECK(body_of(r) == "127.0.0.1 http");
+      return 0;
+    });
+  }
+}
+
+#if SQUALL_HAVE_ZLIB
+namespace {
+std::string gunzip(std::string_view in) {
+  z_stream z{};
+  inflateInit2(&z, 15 + 32);
+  std::string out(1 << 20, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  int rc = inflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  inflateEnd(&z);
+  return rc == Z_STREAM_END ? out : "<bad gzip>";
+}
+std::string gzip_text(std::string_view in) {
+  z_stream z{};
+  deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+  std::string out(in.size() + 1024, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  deflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("gzip: responses compressed when accepted, request bodies decoded when enabled") {
+  fixture f;
+  http::server_options o;
+  o.gzip = true;
+  o.decompress_request = true;
+  std::string text;
+  for (int i = 0; i < 500; ++i)
+    text += "line " + std::to_string(i) + "\n";
+  f.start(
+      [&](http::request& req, http::response& resp) {
+        resp.add_header("Content-Type", req.path() == "/bin" ? "image/png" : "text/plain");
+        if (req.method() == "POST") {
+          resp.send(std::to_string(req.body().size()) + ":" + std::string(req.body().substr(0, 7)));
+        } else if (req.path() == "/stream") {
+          resp.write(std::string_view(text).substr(0, 1000));
+          resp.flush();
+          resp.write(std::string_view(text).substr(1000));
+        } else {
+          resp.send(req.path() == "/small" ? std::string("tiny") : text);
+        }
+      },
+      std::move(o));
+  f.peer([&] {
+    raw_client c(f.port);
+    auto get = [&](const std::string& path, bool accept) {
+      c.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n" +
+             (accept ? "Accept-Encoding: deflate, gzip\r\n" : "") + "\r\n");
+      return c.response();
+    };
+    std::string r = get("/", true);
+    CHECK(header_of(r, "content-encoding") == "gzip");
+    CHECK(header_of(r, "vary") == "Accept-Encoding");
+    CHECK(body_of(r).size() < text.size() / 2);
+    CHECK(gunzip(body_of(r)) == text);
+    CHECK(body_of(get("/", false)) == text);
+    CHECK(header_of(get("/small", true), "content-encoding") == "");
+    CHECK(header_of(get("/bin", true), "content-encoding") == "");
+    r = get("/stream", true);
+    CHECK(header_of(r, "transfer-encoding") == "chunked");
+    CHECK(gunzip(body_of(r)) == text);
+
+    std::string gz = gzip_text(text);
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: " +
+           std::to_string(gz.size()) + "\r\n\r\n" + gz);
+    CHECK(body_of(c.response()) == std::to_string(text.size()) + ":line 0\n");
+    c.send(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnotgz");
+    CHECK(status_of(c.response()) == 400);
+    return 0;
+  });
+}
+#endif
+
+TEST_CASE("slowloris: a head dribbled one byte at a time is cut off by header_timeout") {
+  fixture f;
+  http::server_options o;
+  o.header_timeout = 1s;
+  f.start(hello(), std::move(o));
+  auto [status, closed, took] = f.peer([&] {
+    raw_client c(f.port);
+    auto t0 = std::chrono::steady_clock::now();
+    std::string head = "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    bool sent_all = true;
+    for (char ch : head) {
+      if (!c.send(std::string_view(&ch, 1))) {
+        sent_all = false;
+        break;
+      }
+      pollfd p{c.fd(), POLLIN, 0};
+      if (poll(&p, 1, 200) > 0) break;  // the server answered
+    }
+    (void)sent_all;
+    std::string r = c.response();
+    bool cl = c.closed();
+    return std::tuple(status_of(r), cl, std::chrono::steady_clock::now() - t0);
+  });
+  CHECK(status == 408);
+  CHECK(closed);
+  CHECK(took < 5s);
+}
+
+TEST_CASE("an idle keep-alive connection is closed after idle_timeout") {
+  fixture f;
+  http::server_options o;
+  o.idle_timeout = 300ms;
+  f.start(hello(), std::move(o));
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(status_of(c.response()) == 200);
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(c.closed());
+    CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+    return 0;
+  });
+}
+
+TEST_CASE("an oversized body is refused with 413 without reading it") {
+  fixture f;
+  http::server_options o;
+  o.limits.max_body_size = 1024 * 1024;
+  std::atomic<int> handled{0};
+  f.start(
+      [&](http::request& req, http::response& resp) {
+        ++handled;
+        resp.send(std::to_string(req.body().size()));
+      },
+      std::move(o));
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n");
+    c.send(std::string(64 * 1024, 'x'));  // the client starts sending anyway
+    std::string r = c.response();
+    CHECK(status_of(r) == 413);
+    CHECK(header_of(r, "connection") == "close");
+    // A chunked body that grows past the limit: 413 too, once it passes.
+    raw_client d(f.port);
+    d.send("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    std::string chunk = "10000\r\n" + std::string(0x10000, 'y') + "\r\n";
+    for (int i = 0; i < 17; ++i)
+      if (!d.send(chunk)) break;
+    CHECK(status_of(d.response()) == 413);
+    return 0;
+  });
+  CHECK(handled == 1);  // only the chunked one reached the handler (which read too much)
+}
+
+TEST_CASE("malformed and smuggling requests from the corpus get their status and a close") {
+  std::string dir = std::string(SQUALL_SOURCE_ROOT) + "/tests/http_corpus";
+  if (!std::filesystem::exists(dir)) {
+    FAIL("corpus missing: " << dir);
+    return;
+  }
+  fixture f;
+  f.start([](http::request& req, http::response& resp) {
+    req.body();
+    resp.send("ok");
+  });
+  int checked = 0;
+  for (auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::string name = entry.path().filename();
+    if (entry.path().extension() != ".http") continue;
+    int want = std::atoi(name.c_str());
+    if (want < 400) continue;
+    std::string bytes = file_text(entry.path());
+    auto [got, closed] = f.peer([&] {
+      raw_client c(f.port);
+      c.send(bytes);
+      c.shutdown_write();
+      // A file may hold valid requests before the bad one: the last response is the refusal.
+      int last = 0;
+      for (std::string r; !(r = c.response()).empty();)
+        last = status_of(r);
+      return std::pair(last, c.closed());
+    });
+    INFO(name);
+    CHECK(got == want);
+    CHECK(closed);
+    ++checked;
+  }
+  CHECK(checked >= 20);
+}
+
+TEST_CASE("graceful shutdown: in-flight requests finish, idle connections close at once") {
+  fixture f;
+  f.start([&](http::request&, http::response& resp) {
+    this_fiber::sleep_for(300ms);
+    resp.send("done");
+  });
+  std::atomic<bool> idle_connected{false};
+  auto fut = std::async(std::launch::async, [&] {
+    raw_client idle(f.port);
+    idle_connected = true;
+    raw_client busy(f.port);
+    busy.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::this_thread::sleep_for(100ms);
+    auto t0 = std::chrono::steady_clock::now();
+    bool idle_closed = idle.closed();
+    auto idle_took = std::chrono::steady_clock::now() - t0;
+    std::string r = busy.response();
+    return std::tuple(idle_closed, idle_took, r, busy.closed());
+  });
+  run_until(
+      f.loop, [&] { return f.srv->connection_count() == 2; }, 5s);
+  run_until(
+      f.loop, [] { return false; }, 150ms);
+  auto stopper = spawn(f.loop, [&] { f.srv->shutdown(io_loop::now() + 5s); });
+  while (fut.wait_for(0s) != std::future_status::ready)
+    f.loop.run_once(5ms);
+  auto [idle_closed, idle_took, r, busy_closed] = fut.get();
+  CHECK(idle_closed);
+  CHECK(idle_took < 200ms);
+  CHECK(body_of(r) == "done");
+  CHECK(header_of(r, "connection") == "close");
+  CHECK(busy_closed);
+  run_until(f.loop, [&] { return fiber_count(f.loop) == 0; });
+}
+
+// --- Real peers ------------------------------------------------------------------------------
+
+TEST_CASE("curl: keep-alive, chunked upload, 100-continue") {
+  REQUIRE_MESSAGE(have_program("curl"), "curl is missing: tools/dev installs it");
+  fixture f;
+  std::atomic<int> connections{0};
+  f.start(echo_request());
+  std::string dir = temp_dir();
+  std::string big(300 * 1024, 'b');
+  std::ofstream(dir + "/up.bin", std::ios::binary) << big;
+  std::string url = "http://127.0.0.1:" + std::to_string(f.port);
+  // Two URLs in one curl run reuse the connection ("Re-using existing connection" in -v).
+  int st = 0;
+  std::string out =
+      f.peer([&] { return run_command("curl -sS -v " + url + "/a?x=1 " + url + "/b 2>&1", &st); });
+  CHECK(st == 0);
+  CHECK(out.find("GET /a x=1 []") != std::string::npos);
+  CHECK(out.find("GET /b  []") != std::string::npos);
+  CHECK(out.find("e-using existing connection") != std::string::npos);
+  // Chunked upload from stdin, with Expect: 100-continue.
+  out = f.peer([&] {
+    return run_command("curl -sS -v -T - -H 'Expect: 100-continue' -o " + dir + "/out " + url +
+                           "/up < " + dir + "/up.bin 2>&1",
+                       &st);
+  });
+  CHECK(st == 0);
+  CHECK(out.find("Transfer-Encoding: chunked") != std::string::npos);
+  CHECK(out.find("HTTP/1.1 100 Continue") != std::string::npos);
+  CHECK(file_text(dir + "/out") == "PUT /up  [" + big + "]");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Python http.client: keep-alive, chunked body, HEAD, pipelined raw requests") {
+  std::string py = python_with("http.client");
+  REQUIRE_MESSAGE(!py.empty(), "python3 is missing: tools/dev installs it");
+  fixture f;
+  f.start(echo_request());
+  std::string script = R"PY(
+import http.client, io, socket, sys
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+for i in range(3):
+    c.request("POST", "/k?i=%d" % i, body=b"x" * i)
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    assert r.read() == b"POST /k i=%d [%s]" % (i, b"x" * i)
+sock_before = c.sock
+c.request("PUT", "/chunks", body=iter([b"ab", b"cd", b"ef"]), encode_chunked=True,
+          headers={"Transfer-Encoding": "chunked"})
+r = c.getresponse()
+assert r.read() == b"PUT /chunks  [abcdef]"
+assert c.sock is sock_before, "connection was not kept alive"
+c.request("HEAD", "/h")
+r = c.getresponse()
+assert r.status == 200 and r.getheader("Content-Length") == "11", r.getheaders()
+assert r.read() == b""
+class KeepOpen(io.BufferedReader):
+    def close(self):  # HTTPResponse closes its file after each body; the next one follows
+        pass
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)))
+f = KeepOpen(socket.SocketIO(s, "rb"))
+for i in range(5):
+    r = http.client.HTTPResponse(s)
+    r.fp = f
+    r.begin()
+    assert r.read() == b"GET /%d  []" % i
+print("ok")
+)PY";
+  std::string dir = temp_dir();
+  std::ofstream(dir + "/peer.py") << script;
+  int st = 0;
+  std::string out = f.peer([&] {
+    return run_command(py + " " + dir + "/peer.py " + std::to_string(f.port) + " 2>&1", &st);
+  });
+  INFO(out);
+  CHECK(st == 0);
+  CHECK(out == "ok\n");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Tornado's AsyncHTTPClient against the server") {
+  std::string py = python_with("tornado");
+  REQUIRE_MESSAGE(!py.empty(), "python3-tornado is missing: tools/dev installs it");
+  fixture f;
+  http::router routes;
+  routes.get("/", hello());
+  routes.post("/echo", [](auto& req, auto& resp) { resp.send(std::string(req.body())); });
+  routes.get("/stream", [](auto&, auto& resp) {
+    for (int i = 0; i < 5; ++i) {
+      resp.write("piece" + std::to_string(i) + ";");
+      resp.flush();
+    }
+  });
+  routes.get("/redirect", [](auto&, auto& resp) {
+    resp.set_status(302);
+    resp.add_header("Location", "/");
+    resp.send("");
+  });
+  f.start(std::move(routes));
+  std::string script = R"PY(
+import sys
+from tornado.ioloop import IOLoop
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+base = "http://127.0.0.1:%s" % sys.argv[1]
+async def main():
+    c = AsyncHTTPClient()
+    r = await c.fetch(base + "/")
+    assert r.body == b"hello\n", r.body
+    r = await c.fetch(base + "/echo", method="POST", body=b"z" * 100000)
+    assert r.body == b"z" * 100000
+    pieces = []
+    r = await c.fetch(base + "/stream", streaming_callback=pieces.append)
+    assert b"".join(pieces) == b"piece0;piece1;piece2;piece3;piece4;", pieces
+    r = await c.fetch(base + "/redirect")
+    assert r.body == b"hello\n" and r.effective_url == base + "/"
+    try:
+        await c.fetch(base + "/missing")
+        assert False
+    except HTTPClientError as e:
+        assert e.code == 404
+    print("ok")
+IOLoop.current().run_sync(main)
+)PY";
+  std::string dir = temp_dir();
+  std::ofstream(dir + "/peer.py") << script;
+  int st = 0;
+  std::string out = f.peer([&] {
+    return run_command(py + " " + dir + "/peer.py " + std::to_string(f.port) + " 2>&1", &st);
+  });
+  INFO(out);
+  CHECK(st == 0);
+  CHECK(out == "ok\n");
+  std::filesystem::remove_all(dir);
+}
