@@ -28,11 +28,16 @@
 #include <string>
 #include <vector>
 
+#include "squall/config.hpp"
 #include "squall/error.hpp"
 #include "squall/fiber.hpp"
 #include "squall/resolver.hpp"
 #include "squall/tcp_server.hpp"
 #include "test_util.hpp"
+
+#if SQUALL_HAVE_ZLIB
+#include <zlib.h>
+#endif
 
 using namespace std::chrono_literals;
 using squall::io_loop;
@@ -796,6 +801,13 @@ TEST_CASE("tornado: a 5 MiB body; max_body_size; 404 from the framework") {
     req = request(t.url("/large?size=5242880"));
     req.limits.max_body_size = 1024 * 1024;
     CHECK(contains(bad_response_of([&] { c.fetch(std::move(req)); }), "max_body_size"));
+    // A HEAD's Content-Length names a body that never comes: no limit applies to it.
+    req = request(t.url("/large?size=5242880"));
+    req.method = "HEAD";
+    req.limits.max_body_size = 1024 * 1024;
+    r = c.fetch(std::move(req));
+    CHECK(r.code == 200);
+    CHECK(r.header("Content-Length") == "5242880");
 
     r = c.get(t.url("/no/such/page"));
     CHECK(r.code == 404);
@@ -1042,6 +1054,35 @@ TEST_CASE("scripted: broken responses are bad_response; cut ones error::closed")
                          std::string("\x1f\x8b\x08\0\0\0\0\0\0\x03", 10));
                    }),
                    "gzip body truncated"));
+#if SQUALL_HAVE_ZLIB
+    // Two gzip members one after the other (what `gzip -c a b` writes): both are decoded, in
+    // one piece of body or with the second member in a chunk of its own.
+    auto member = [](std::string_view text) {
+      z_stream z{};
+      deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+      std::string out(text.size() + 64, '\0');
+      z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
+      z.avail_in = static_cast<uInt>(text.size());
+      z.next_out = reinterpret_cast<Bytef*>(out.data());
+      z.avail_out = static_cast<uInt>(out.size());
+      deflate(&z, Z_FINISH);
+      out.resize(z.total_out);
+      deflateEnd(&z);
+      return out;
+    };
+    auto hex = [](std::size_t n) {
+      char b[20];
+      std::snprintf(b, sizeof b, "%zx", n);
+      return std::string(b);
+    };
+    std::string m1 = member("hello "), m2 = member("world");
+    reply = "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " +
+            std::to_string(m1.size() + m2.size()) + "\r\n\r\n" + m1 + m2;
+    CHECK(c.get(srv.url()).body == "hello world");
+    reply = "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            hex(m1.size()) + "\r\n" + m1 + "\r\n" + hex(m2.size()) + "\r\n" + m2 + "\r\n0\r\n\r\n";
+    CHECK(c.get(srv.url()).body == "hello world");
+#endif
     CHECK(squall::test::code_of([&] {
             fetch_with("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
           }) == squall::error::closed);

@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "http/gzip.hpp"
 #include "squall/config.hpp"
 #include "squall/error.hpp"
 #include "squall/fiber.hpp"
@@ -24,10 +25,6 @@
 #include "squall/log.hpp"
 #include "squall/resolver.hpp"
 #include "squall/tcp_client.hpp"
-
-#if SQUALL_HAVE_ZLIB
-#include <zlib.h>
-#endif
 
 namespace squall::http {
 namespace {
@@ -428,21 +425,7 @@ class body_sink {
  public:
   body_sink(fetch_request& req, std::string& body, bool gunzip, bool discard)
       : req_(req), body_(body), discard_(discard), max_(req.limits.max_body_size) {
-#if SQUALL_HAVE_ZLIB
-    if (gunzip) {
-      // 16 + MAX_WBITS: a gzip wrapper, as Content-Encoding: gzip means (RFC 9110 8.4.1.3).
-      if (inflateInit2(&z_, 16 + MAX_WBITS) != Z_OK) throw std::bad_alloc();
-      gunzip_ = true;
-      out_.resize(64 * 1024);
-    }
-#else
-    (void)gunzip;
-#endif
-  }
-  ~body_sink() {
-#if SQUALL_HAVE_ZLIB
-    if (gunzip_) inflateEnd(&z_);
-#endif
+    if (gunzip && gzip::available()) inflater_.emplace();
   }
   body_sink(const body_sink&) = delete;
   body_sink& operator=(const body_sink&) = delete;
@@ -451,15 +434,18 @@ class body_sink {
   void put(std::string_view raw) {
     received_ += raw.size();
     if (received_ > max_) too_big();
-    if (!gunzip_) return emit(raw);
-#if SQUALL_HAVE_ZLIB
-    inflate_piece(raw);
-#endif
+    if (!inflater_) return emit(raw);
+    decoded_buf_.clear();
+    auto r = inflater_->decompress(raw, decoded_buf_, static_cast<std::size_t>(max_));
+    if (r == gzip::inflater::result::bad_data) throw bad_response("squall: http: bad gzip body");
+    if (r == gzip::inflater::result::too_large) too_big();  // a small gzip body can inflate to GBs
+    if (!raw.empty()) gzip_done_ = r == gzip::inflater::result::done;
+    emit(decoded_buf_);
   }
 
   // The body has ended: a gzip stream must have ended too, or the body was cut short.
   void finish() const {
-    if (gunzip_ && received_ > 0 && !z_done_)
+    if (inflater_ && received_ > 0 && !gzip_done_)
       throw bad_response("squall: http: gzip body truncated");
   }
 
@@ -472,7 +458,7 @@ class body_sink {
   void emit(std::string_view piece) {
     if (piece.empty()) return;
     decoded_ += piece.size();
-    if (decoded_ > max_) too_big();  // a small gzip body can inflate to gigabytes
+    if (decoded_ > max_) too_big();
     if (discard_) return;
     if (req_.streaming_callback) {
       req_.streaming_callback(piece);
@@ -481,44 +467,12 @@ class body_sink {
     }
   }
 
-#if SQUALL_HAVE_ZLIB
-  void inflate_piece(std::string_view raw) {
-    z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
-    z_.avail_in = static_cast<uInt>(raw.size());
-    // zlib may hold decoded output after taking all the input (when out_ filled up): keep
-    // asking until a call leaves room in out_.
-    bool more = false;
-    while (z_.avail_in > 0 || more) {
-      if (z_done_) {
-        if (z_.avail_in == 0) break;
-        inflateReset(&z_);  // another member follows the first (what `gzip -c a b` writes)
-        z_done_ = false;
-      }
-      z_.next_out = reinterpret_cast<Bytef*>(out_.data());
-      z_.avail_out = static_cast<uInt>(out_.size());
-      uInt in_before = z_.avail_in;
-      int rc = inflate(&z_, Z_NO_FLUSH);
-      if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
-        throw bad_response(std::string("squall: http: bad gzip body: ") +
-                           (z_.msg ? z_.msg : "inflate failed"));
-      std::size_t produced = out_.size() - z_.avail_out;
-      if (rc == Z_STREAM_END) z_done_ = true;
-      more = z_.avail_out == 0;
-      if (produced == 0 && z_.avail_in == in_before && rc != Z_STREAM_END) {
-        if (z_.avail_in == 0) break;
-        throw bad_response("squall: http: bad gzip body: no progress");
-      }
-      emit(std::string_view(out_.data(), produced));
-    }
-  }
-  z_stream z_{};
-  std::vector<char> out_;
-#endif
   fetch_request& req_;
   std::string& body_;
   bool discard_;
-  bool gunzip_ = false;
-  bool z_done_ = false;
+  std::optional<gzip::inflater> inflater_;
+  std::string decoded_buf_;
+  bool gzip_done_ = false;
   std::uint64_t max_;
   std::uint64_t received_ = 0, decoded_ = 0;
 };
@@ -844,6 +798,10 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
   }
   report_head(buf, req.header_callback);
   if (req.method == "HEAD") head.framing = body_framing::none;
+  if (head.framing == body_framing::content_length &&
+      head.content_length > req.limits.max_body_size)
+    throw bad_response("squall: http: response body larger than max_body_size (Content-Length " +
+                       std::to_string(head.content_length) + ")");
 
   // The body of a redirect that fetch() will follow is read (to keep the connection) and dropped.
   bool discard = will_follow(req, r.code, r.header("Location"));

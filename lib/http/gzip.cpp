@@ -95,7 +95,12 @@ std::size_t inflater::total_out() const noexcept {
 inflater::result inflater::decompress(std::string_view in, std::string& out,
                                       std::size_t max_total) {
   z_stream& z = p_->z;
-  if (p_->ended) return result::done;
+  if (p_->ended) {
+    // Another gzip member may start in a later piece (RFC 1952 2.2).
+    if (in.empty() || static_cast<unsigned char>(in[0]) != 0x1f) return result::done;
+    inflateReset(&z);
+    p_->ended = false;
+  }
   z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
   z.avail_in = static_cast<uInt>(in.size());
   // Runs while there is input, or while zlib filled the output (it may hold more back).

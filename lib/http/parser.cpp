@@ -507,7 +507,8 @@ class head_reader {
     } else if (out_.framing == body_framing::none) {
       out_.framing = body_framing::until_close;
     }
-    if (!body_within_limit()) return false;
+    // No 413 here: the Content-Length of a HEAD response describes a body that never comes,
+    // and only the caller knows the method. The reader bounds the body as it arrives.
     connection_options();
     // A body that ends when the connection does leaves no connection to keep.
     if (out_.framing == body_framing::until_close) out_.keep_alive = false;

@@ -24,8 +24,10 @@
 //        coding is not chunked, or chunked twice, or any Transfer-Encoding in HTTP/1.0; an HTTP/1.1
 //        request without Host, a request with more than one Host (any version, RFC 9112 3.2) or
 //        with a Host value that is not host[:port] (requests only)
-//   413  Content-Length (or the chunked body so far) larger than limits.max_body_size, or one
-//        chunk larger than limits.max_chunk_size
+//   413  Content-Length of a request (or the chunked body so far) larger than
+//        limits.max_body_size, or one chunk larger than limits.max_chunk_size (a response's
+//        Content-Length is not checked: the reader bounds the body, and a HEAD response's never
+//        comes)
 //   414  request line longer than limits.max_start_line
 //   431  head larger than limits.max_header_size, or more than limits.max_headers fields
 //   501  a Transfer-Encoding coding other than chunked (e.g. "gzip, chunked"): not implemented
