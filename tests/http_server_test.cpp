@@ -750,3 +750,52 @@ IOLoop.current().run_sync(main)
   CHECK(out == "ok\n");
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("hijack: a 101 takes the connection over; bytes sent after the head are kept") {
+  fixture f;
+  f.start([](http::request& req, http::response& resp) {
+    if (req.header("Upgrade") != "echo") {
+      resp.send("plain");
+      return;
+    }
+    resp.set_status(101);
+    resp.add_header("Upgrade", "echo");
+    resp.add_header("Connection", "Upgrade");
+    io_stream& s = resp.hijack();
+    CHECK(resp.hijacked());
+    for (std::string_view d; !(d = s.read_some()).empty();) {
+      s.write(std::string("<") + std::string(d) + ">");
+      s.flush();
+    }
+  });
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(body_of(c.response()) == "plain");  // a normal request first, on the same connection
+    c.send("GET /up HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly");
+    std::string head = c.response(true);
+    CHECK(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+    CHECK(header_of(head, "upgrade") == "echo");
+    CHECK(header_of(head, "content-length") == "");
+    CHECK(header_of(head, "transfer-encoding") == "");
+    while (c.buffered().size() < 7) {
+      char b[64];
+      ssize_t n = ::recv(c.fd(), b, sizeof b, 0);
+      if (n <= 0) break;
+      c.buffered().append(b, static_cast<std::size_t>(n));
+    }
+    CHECK(c.buffered() == "<early>");
+    c.buffered().clear();
+    c.send("more");
+    while (c.buffered().size() < 6) {
+      char b[64];
+      ssize_t n = ::recv(c.fd(), b, sizeof b, 0);
+      if (n <= 0) break;
+      c.buffered().append(b, static_cast<std::size_t>(n));
+    }
+    CHECK(c.buffered() == "<more>");
+    c.shutdown_write();
+    CHECK(c.closed());  // the handler returned: the connection ends
+    return 0;
+  });
+}

@@ -257,6 +257,7 @@ struct connection {
   std::string fields;  // "Name: value\r\n"...
   std::optional<std::uint64_t> content_length;
   bool started = false, finished = false, chunked = false, close_after = false, head_only = false;
+  bool hijacked = false;  // the handler took the stream over
   std::uint64_t body_sent = 0;
   bool gzipping = false;
   std::optional<gzip::deflater> deflate;
@@ -288,6 +289,7 @@ struct connection {
 
   // Response.
   void write_head(std::string_view extra);
+  void hijack();
   void reset_response();
   void send(std::string_view body);
   void write(std::string_view data);
@@ -317,7 +319,7 @@ void connection::serve() {
     if (!read_head()) return;
     prepare_request();
     run_handler();
-    if (!finished) return;  // the handler failed half-way through a response
+    if (!finished || hijacked) return;  // failed half-way through a response, or taken over
     ++st.served;
     ++requests;
     if (st.opts.on_response) {
@@ -673,7 +675,7 @@ void connection::reset_response() {
   reason.clear();
   fields.clear();
   content_length.reset();
-  started = finished = chunked = gzipping = false;
+  started = finished = chunked = gzipping = hijacked = false;
   body_sent = 0;
 }
 
@@ -726,6 +728,23 @@ void connection::write_head(std::string_view framing) {
       framing,           conn_line, "\r\n",
   };
   s.write(pieces);
+}
+
+// The head as the handler set it, then the stream is the handler's: the request's bytes are
+// taken off it, and the connection ends with the handler.
+void connection::hijack() {
+  std::string_view why = reason.empty() ? reason_phrase(status) : std::string_view(reason);
+  char status_line[16] = "HTTP/1.1 000 ";
+  status_line[9] = static_cast<char>('0' + status / 100);
+  status_line[10] = static_cast<char>('0' + status / 10 % 10);
+  status_line[11] = static_cast<char>('0' + status % 10);
+  std::string_view pieces[] = {{status_line, 13}, why, "\r\n", st.server_line, fields, "\r\n"};
+  s.write(pieces);
+  s.flush();
+  started = finished = hijacked = close_after = true;
+  s.consume(in_off);
+  in_off = 0;
+  body_complete = true;
 }
 
 void connection::send(std::string_view body) {
@@ -950,6 +969,16 @@ void response::finish() {
 bool response::started() const noexcept {
   return c_.started;
 }
+bool response::hijacked() const noexcept {
+  return c_.hijacked;
+}
+
+io_stream& response::hijack() {
+  if (c_.started) throw std::logic_error("squall: hijack after the response started");
+  c_.hijack();
+  return c_.s;
+}
+
 bool response::finished() const noexcept {
   return c_.finished;
 }

@@ -46,6 +46,7 @@
 
 #include "squall/http/parser.hpp"
 #include "squall/io_loop.hpp"
+#include "squall/io_stream.hpp"
 #include "squall/net.hpp"
 #include "squall/unique_function.hpp"
 
@@ -129,6 +130,14 @@ class response {
 
   bool started() const noexcept;   // the head has been written
   bool finished() const noexcept;  // the response is complete
+
+  // Takes the connection over for another protocol (WebSocket, a CONNECT tunnel): writes the
+  // head as set so far (typically 101 with Upgrade and Connection fields; no framing fields are
+  // added) and returns the stream, positioned after this request's head. Bytes the client sent
+  // after the head are in the stream's buffer. The handler keeps the stream for as long as it
+  // runs; when it returns, the server closes the connection (no further HTTP requests).
+  io_stream& hijack();
+  bool hijacked() const noexcept;
 
  private:
   friend struct detail::connection;
