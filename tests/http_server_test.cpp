@@ -12,6 +12,7 @@
 #include "doctest/doctest.h"
 #include "http_test_util.hpp"
 #include "squall/config.hpp"
+#include "squall/error.hpp"
 #include "squall/fiber.hpp"
 #include "squall/http/server.hpp"
 #include "squall/locks.hpp"
@@ -401,6 +402,20 @@ std::string gunzip(std::string_view in) {
   out.resize(z.total_out);
   inflateEnd(&z);
   return rc == Z_STREAM_END ? out : "<bad gzip>";
+}
+// Decodes as much of a gzip stream as has arrived (no trailer needed).
+std::string gunzip_partial(std::string_view in) {
+  z_stream z{};
+  inflateInit2(&z, 15 + 32);
+  std::string out(1 << 16, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  inflate(&z, Z_SYNC_FLUSH);
+  out.resize(z.total_out);
+  inflateEnd(&z);
+  return out;
 }
 std::string gzip_text(std::string_view in) {
   z_stream z{};
@@ -798,4 +813,221 @@ TEST_CASE("hijack: a 101 takes the connection over; bytes sent after the head ar
     CHECK(c.closed());  // the handler returned: the connection ends
     return 0;
   });
+}
+
+// --- Regressions from the review of the module ------------------------------------------------
+
+namespace {
+std::string read_all(raw_client& c) {
+  std::string out = c.buffered();
+  char b[65536];
+  ssize_t n;
+  while ((n = ::recv(c.fd(), b, sizeof b, 0)) > 0)
+    out.append(b, std::size_t(n));
+  return out;
+}
+}  // namespace
+
+TEST_CASE(
+    "an unread body that cannot be dropped ends the connection: its bytes never run as a request") {
+  fixture f;
+  std::map<std::string, int> hits;
+  http::server_options o;
+  o.max_discard = 10;
+  f.start(
+      [&](http::request& req, http::response& resp) {
+        hits[std::string(req.path())]++;
+        resp.send("ok " + std::string(req.path()) + "\n");  // does not read the body
+      },
+      std::move(o));
+  f.peer([&] {
+    raw_client c(f.port);
+    c.send("POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n");
+    std::string r = c.response();
+    CHECK(status_of(r) == 200);
+    std::this_thread::sleep_for(200ms);
+    std::string smuggled = "GET /admin/delete-everything HTTP/1.1\r\nHost: x\r\n\r\n";
+    smuggled.resize(256, 'A');
+    c.send(smuggled);
+    std::this_thread::sleep_for(500ms);
+    return 0;
+  });
+  run_until(
+      f.loop, [&] { return false; }, 300ms);
+  INFO("hits for /admin/delete-everything: " << hits["/admin/delete-everything"]);
+  CHECK(hits["/upload"] == 1);
+  CHECK(hits["/admin/delete-everything"] == 0);
+}
+
+TEST_CASE("a body stalled while being dropped does not run the request again") {
+  fixture f;
+  std::map<std::string, int> hits;
+  http::server_options o;
+  o.body_timeout = 300ms;
+  f.start(
+      [&](http::request& req, http::response& resp) {
+        hits[std::string(req.path())]++;
+        resp.send("ok\n");
+      },
+      std::move(o));
+  f.peer([&] {
+    raw_client c(f.port);
+    // A chunked body the handler ignores; the client stalls mid-chunk.
+    c.send("POST /once HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab");
+    std::string r = c.response();
+    CHECK(status_of(r) == 200);
+    std::this_thread::sleep_for(1000ms);
+    return 0;
+  });
+  run_until(
+      f.loop, [&] { return false; }, 300ms);
+  CHECK(hits["/once"] == 1);
+}
+
+TEST_CASE("router: captures of a route that did not match do not leak into the next") {
+  fixture f;
+  http::router routes;
+  routes.post("/user/{id}", [](auto&, auto& resp) { resp.send("post"); });
+  routes.get("/user/*", [](http::request& req, http::response& resp) {
+    resp.send("id=[" + std::string(req.param("id")) + "]");
+  });
+  f.start(std::move(routes));
+  std::string r = f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET /user/42 HTTP/1.1\r\nHost: x\r\n\r\n");
+    return c.response();
+  });
+  CHECK(body_of(r) == "id=[]");
+}
+
+TEST_CASE("a streamed 204 has no framing and no last-chunk") {
+  fixture f;
+  f.start([](http::request&, http::response& resp) {
+    resp.set_status(204);
+    resp.write({});
+    resp.finish();
+  });
+  std::string raw = f.peer([&] {
+    raw_client c(f.port);
+    c.send(
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    return read_all(c);
+  });
+  CHECK(raw.find("Transfer-Encoding") == std::string::npos);
+  CHECK(raw.find("0\r\n\r\nHTTP/1.1") == std::string::npos);
+}
+
+#if SQUALL_HAVE_ZLIB
+TEST_CASE("gzip: flush() delivers what was written so far") {
+  fixture f;
+  event go;
+  http::server_options o;
+  o.gzip = true;
+  f.start(
+      [&](http::request&, http::response& resp) {
+        resp.add_header("Content-Type", "text/event-stream");
+        resp.write("data: hello\n\n");
+        resp.flush();
+        go.wait(io_loop::now() + 3s);
+        resp.write("data: bye\n\n");
+      },
+      std::move(o));
+  std::string got = f.peer([&] {
+    raw_client c(f.port, 1500);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n");
+    std::string s;
+    char b[4096];
+    ssize_t n;
+    while ((n = ::recv(c.fd(), b, sizeof b, 0)) > 0)
+      s.append(b, size_t(n));  // until 1.5 s timeout
+    f.loop.add_callback([&] { go.set(); });
+    return s;
+  });
+  std::size_t at = got.find("\r\n\r\n");
+  REQUIRE(at != std::string::npos);
+  std::string body = got.substr(at + 4);
+  // Without a zlib flush only the chunked gzip header would have arrived: decode what came.
+  std::string decoded;
+  for (std::size_t pos = 0; pos < body.size();) {
+    std::size_t eol = body.find("\r\n", pos);
+    if (eol == std::string::npos) break;
+    std::size_t n = std::strtoul(body.c_str() + pos, nullptr, 16);
+    decoded += body.substr(eol + 2, n);
+    pos = eol + 2 + n + 2;
+  }
+  CHECK(gunzip_partial(decoded) == "data: hello\n\n");
+}
+#endif
+
+TEST_CASE("absolute-form target: the authority ends at ? too") {
+  fixture f;
+  f.start([](http::request& req, http::response& resp) {
+    resp.send("path=" + std::string(req.path()) + " query=" + std::string(req.query()));
+  });
+  std::string r = f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET http://x?next=/admin HTTP/1.1\r\nHost: x\r\n\r\n");
+    return c.response();
+  });
+  CHECK(body_of(r) == "path=/ query=next=/admin");
+}
+
+TEST_CASE("a handler's own I/O failing (closed) is a 500, not a silent drop") {
+  fixture f;
+  f.start([](http::request&, http::response&) {
+    throw std::system_error(make_error_code(error::closed), "upstream closed");
+  });
+  std::string raw = f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    return read_all(c);
+  });
+  CHECK(status_of(raw) == 500);
+}
+
+TEST_CASE("a handler's own timeout is a 500, not a 408") {
+  fixture f;
+  f.start([](http::request&, http::response&) {
+    throw std::system_error(make_error_code(error::timed_out), "upstream timed out");
+  });
+  std::string raw = f.peer([&] {
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    return read_all(c);
+  });
+  CHECK(status_of(raw) == 500);
+}
+
+TEST_CASE("a malformed chunked body the handler did not read: the request runs once") {
+  fixture f;
+  std::map<std::string, int> hits;
+  f.start([&](http::request& req, http::response& resp) {
+    hits[std::string(req.path())]++;
+    resp.send("ok\n");
+  });
+  std::string raw = f.peer([&] {
+    raw_client c(f.port, 1000);
+    c.send("POST /pay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    return read_all(c);
+  });
+  CHECK(hits["/pay"] == 1);
+}
+
+TEST_CASE("views taken before body() stay valid while the body is read") {
+  fixture f;
+  std::string seen;
+  f.start([&](http::request& req, http::response& resp) {
+    std::string_view tag = req.header("X-Tag");  // a view into the request's head
+    std::string_view body = req.body();
+    seen.assign(tag);
+    resp.send(std::string(tag) + "|" + std::string(body));
+  });
+  std::string r = f.peer([&] {
+    raw_client c(f.port);
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nX-Tag: alice\r\nContent-Length: 200\r\n\r\n");
+    std::this_thread::sleep_for(200ms);
+    c.send(std::string(200, 'Z'));
+    return c.response();
+  });
+  CHECK(seen == "alice");
 }

@@ -284,6 +284,8 @@ void check_request(const fetch_request& req) {
     if (v.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
       throw std::invalid_argument("squall: http: bad value for header '" + k + "'");
   }
+  if (req.user_agent.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+    throw std::invalid_argument("squall: http: CR, LF or NUL in user_agent");
 }
 
 bool sends_body(const fetch_request& req) {
@@ -830,6 +832,9 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
       break;
   }
   sink.finish();
+  // Bytes already buffered past the end of this response (a server that sent more than it
+  // framed, e.g. after a 204) would be read as the next caller's response.
+  if (s.buffered() > 0) keep = false;
   reusable = keep;
   return r;
 }

@@ -105,7 +105,10 @@ inflater::result inflater::decompress(std::string_view in, std::string& out,
   z.avail_in = static_cast<uInt>(in.size());
   // Runs while there is input, or while zlib filled the output (it may hold more back).
   for (bool full = true; z.avail_in > 0 || full;) {
-    std::size_t room = std::min<std::size_t>(64 * 1024, max_total - total_ + 1);
+    // Room for one step, and one byte past the limit so passing it shows (saturating: a limit
+    // of SIZE_MAX must not wrap to zero room).
+    std::size_t left = max_total - total_;
+    std::size_t room = left >= 64 * 1024 ? 64 * 1024 : left + 1;
     std::size_t at = out.size();
     out.resize(at + room);
     z.next_out = reinterpret_cast<Bytef*>(out.data() + at);

@@ -249,6 +249,7 @@ struct connection {
   std::string_view body_view;
   std::optional<gzip::inflater> inflate;
   bool inflating = false;
+  bool inflate_done = false;  // the gzip stream ended (a body that stops before is truncated)
   std::string inflate_buf;
 
   // Response state.
@@ -257,7 +258,10 @@ struct connection {
   std::string fields;  // "Name: value\r\n"...
   std::optional<std::uint64_t> content_length;
   bool started = false, finished = false, chunked = false, close_after = false, head_only = false;
-  bool hijacked = false;  // the handler took the stream over
+  bool hijacked = false;   // the handler took the stream over
+  bool io_failed = false;  // this connection's own stream failed (not the handler's other I/O)
+  bool bodiless = false;   // HEAD, 1xx, 204, 304: the response carries no body bytes
+  time_point read_cap = time_point::max();  // bounds every body read (dropping an unread body)
   std::uint64_t body_sent = 0;
   bool gzipping = false;
   std::optional<gzip::deflater> deflate;
@@ -269,18 +273,32 @@ struct connection {
     peer_ip = p.family() == AF_UNIX ? std::string("unix") : p.host();
   }
 
+  // Runs one of this connection's own I/O steps for the handler, noting a failure, so that
+  // run_handler() can tell the client vanishing from the handler's other I/O failing.
+  template <class F>
+  decltype(auto) own_io(F&& f) {
+    try {
+      return f();
+    } catch (const std::system_error&) {
+      io_failed = true;
+      throw;
+    }
+  }
+
   void serve();
   bool read_head();
   void prepare_request();
   void run_handler();
-  void end_request();
+  bool end_request();
   void refuse(int status, const char* why);
   void linger_close();
 
   // Body.
   void detach_head();
   bool more_input(time_point deadline);
-  time_point body_deadline() const { return io_loop::now() + st.opts.body_timeout; }
+  time_point body_deadline() const {
+    return std::min(io_loop::now() + st.opts.body_timeout, read_cap);
+  }
   void send_continue();
   std::string_view raw_body_some();
   std::string_view body_some();
@@ -297,6 +315,7 @@ struct connection {
   void mark_gzipped();
   void write_raw_body(std::string_view data);
   void finish();
+  void flush();
   bool want_gzip(std::uint64_t size_hint) const;
   bool keep_alive() const;
 };
@@ -335,7 +354,10 @@ void connection::serve() {
         s.close("http: connection: close", io_loop::now() + std::chrono::seconds(5));
       return;
     }
-    end_request();
+    if (!end_request()) {
+      linger_close();  // the rest of the body is unread: never parse it as a request
+      return;
+    }
   }
 }
 
@@ -387,8 +409,10 @@ void connection::prepare_request() {
     // absolute-form (a proxy-style request): the path starts after the authority
     std::size_t scheme = t.find("://");
     if (scheme != std::string_view::npos) {
-      std::size_t slash = t.find('/', scheme + 3);
-      from = slash == std::string_view::npos ? t.size() : slash;
+      // The authority ends at the first '/', '?' or '#' (RFC 3986 3.2): a '/' inside the
+      // query is not the path.
+      std::size_t end = t.find_first_of("/?#", scheme + 3);
+      from = end == std::string_view::npos ? t.size() : end;
     }
   }
   std::string_view pq = t.substr(from);
@@ -429,11 +453,20 @@ void connection::prepare_request() {
       if (!inflate) inflate.emplace();
       inflate->reset();
       inflating = true;
+      inflate_done = false;
     }
   }
   reset_response();
   head_only = head.method == "HEAD";
   if (!head.keep_alive) close_after = true;
+  io_failed = false;
+  // The handler's views (header(), path(), param()...) point where the head lies. If reading
+  // the body (or a hijacked stream) may move the stream's buffer, the head moves out first, so
+  // those views stay valid for the whole request.
+  bool all_buffered =
+      head.framing == body_framing::none || (head.framing == body_framing::content_length &&
+                                             s.peek().size() - in_off >= head.content_length);
+  if (!all_buffered || head.upgrade) detach_head();
 }
 
 void connection::run_handler() {
@@ -441,7 +474,7 @@ void connection::run_handler() {
   response resp(*this);
   try {
     st.fn(req, resp);
-    if (!finished) finish();
+    if (!finished) own_io([&] { finish(); });
     return;
   } catch (const request_error& e) {
     log(log_level::debug, "http", "%s %.*s: %d %s", peer_ip.c_str(), int(path.size()), path.data(),
@@ -451,18 +484,13 @@ void connection::run_handler() {
     if (e.close()) close_after = true;
     status = e.status();
   } catch (const std::system_error& e) {
-    if (is_quiet(e.code()) && e.code() != error::timed_out) throw;  // the connection is gone
-    if (e.code() == error::timed_out && !started) {
-      reset_response();
-      close_after = true;
-      status = 408;
-    } else {
-      log(log_level::error, "http", "handler for %.*s %.*s failed: %s", int(head.method.size()),
-          head.method.data(), int(path.size()), path.data(), e.what());
-      if (started) return;
-      reset_response();
-      status = 500;
-    }
+    if (io_failed || hijacked) throw;  // this connection is gone: nothing to answer
+    // The handler's own I/O (a fetch upstream, a file): that is a server error, not the client's.
+    log(log_level::error, "http", "handler for %.*s %.*s failed: %s", int(head.method.size()),
+        head.method.data(), int(path.size()), path.data(), e.what());
+    if (started) return;
+    reset_response();
+    status = 500;
   } catch (const std::exception& e) {
     log(log_level::error, "http", "handler for %.*s %.*s threw: %s", int(head.method.size()),
         head.method.data(), int(path.size()), path.data(), e.what());
@@ -474,16 +502,15 @@ void connection::run_handler() {
 }
 
 // After the response: drop the rest of the body and this request's bytes.
-void connection::end_request() {
-  if (!body_complete && !discard_body()) {
-    s.close("http: request body left unread", io_loop::now() + std::chrono::seconds(5));
-    close_after = true;
-    return;
-  }
+// Drops the rest of the body and this request's bytes. False when the body could not be
+// dropped: the connection must end, since what follows is not a request.
+bool connection::end_request() {
+  if (!body_complete && !discard_body()) return false;
   s.consume(in_off);
   in_off = 0;
   head_detached = false;
   head.clear();
+  return true;
 }
 
 bool connection::keep_alive() const {
@@ -496,6 +523,7 @@ bool connection::keep_alive() const {
 void connection::refuse(int code, const char* why) {
   log(log_level::debug, "http", "refused a request from %s: %d %s", peer_ip.c_str(), code, why);
   reset_response();
+  head.clear();  // whatever a failed parse left points into bytes that may have moved
   head.keep_alive = false;
   close_after = true;
   head_only = false;
@@ -616,14 +644,23 @@ std::string_view connection::body_some() {
   if (!inflating) return raw_body_some();
   for (;;) {
     std::string_view raw = raw_body_some();
-    if (raw.empty()) return {};
+    if (raw.empty()) {
+      if (!inflate_done) throw request_error(400, "gzip body truncated");
+      return {};
+    }
     inflate_buf.clear();
-    switch (inflate->decompress(raw, inflate_buf, st.opts.limits.max_body_size)) {
+    auto max = static_cast<std::size_t>(
+        std::min<std::uint64_t>(st.opts.limits.max_body_size, SIZE_MAX - 1));
+    switch (inflate->decompress(raw, inflate_buf, max)) {
       case gzip::inflater::result::bad_data:
         throw request_error(400, "bad gzip body");
       case gzip::inflater::result::too_large:
         throw request_error(413, "gzip body too large");
-      default:
+      case gzip::inflater::result::done:
+        inflate_done = true;
+        break;
+      case gzip::inflater::result::ok:
+        inflate_done = false;
         break;
     }
     if (!inflate_buf.empty()) return inflate_buf;
@@ -657,6 +694,13 @@ bool connection::discard_body() {
   if (head.expect_continue && !continue_sent) return false;  // the client may not send it
   if (head.framing == body_framing::content_length && body_left > st.opts.max_discard) return false;
   std::size_t dropped = 0;
+  // A client dribbling the rest of its body gets linger_timeout in all, not body_timeout per
+  // byte: the response is sent, and the connection is only worth keeping if the body is near.
+  read_cap = io_loop::now() + st.opts.linger_timeout;
+  struct uncap {
+    time_point& cap;
+    ~uncap() { cap = time_point::max(); }
+  } reset_cap{read_cap};
   try {
     while (!body_complete) {
       dropped += raw_body_some().size();
@@ -675,7 +719,7 @@ void connection::reset_response() {
   reason.clear();
   fields.clear();
   content_length.reset();
-  started = finished = chunked = gzipping = hijacked = false;
+  started = finished = chunked = gzipping = hijacked = bodiless = false;
   body_sent = 0;
 }
 
@@ -742,6 +786,7 @@ void connection::hijack() {
   s.write(pieces);
   s.flush();
   started = finished = hijacked = close_after = true;
+  detach_head();  // the handler's reads must not move the request's bytes under its views
   s.consume(in_off);
   in_off = 0;
   body_complete = true;
@@ -769,7 +814,7 @@ void connection::send(std::string_view body) {
 }
 
 void connection::write_raw_body(std::string_view data) {
-  if (data.empty() || head_only) return;
+  if (data.empty() || bodiless) return;
   if (chunked) {
     char size[24];
     std::string_view pieces[] = {{size, number_line(size, "", data.size(), 16)}, data, "\r\n"};
@@ -782,7 +827,7 @@ void connection::write_raw_body(std::string_view data) {
 void connection::write(std::string_view data) {
   if (finished) throw std::logic_error("squall: http response already finished");
   if (!started) start_streaming();
-  if (content_length && !gzipping && body_sent + data.size() > *content_length) {
+  if (content_length && !gzipping && !bodiless && body_sent + data.size() > *content_length) {
     // More than announced would be read by the client as the start of the next response.
     close_after = true;
     throw std::logic_error("squall: http response body longer than its Content-Length");
@@ -800,6 +845,14 @@ void connection::write(std::string_view data) {
 // The head of a streamed response: Content-Length if the handler gave one (and the body is not
 // gzipped on the way), else chunked, else (HTTP/1.0) the end of the connection ends the body.
 void connection::start_streaming() {
+  bodiless = head_only || status < 200 || status == 204 || status == 304;
+  if (status < 200 || status == 204 || status == 304) {
+    // No body and no framing (RFC 9110 6.4.1): a chunked last-chunk here would be read by the
+    // client as the start of the next response.
+    gzipping = false;
+    write_head({});
+    return;
+  }
   {
     std::string framing;
     if (content_length && !want_gzip(*content_length)) {
@@ -838,6 +891,17 @@ void connection::mark_gzipped() {
   }
 }
 
+// Sends what has been written. A gzipped stream is flushed through zlib first, so what the
+// handler wrote so far is decodable by the client now (server-sent events, long polls).
+void connection::flush() {
+  if (gzipping && started && !finished) {
+    gz_out.clear();
+    deflate->compress({}, gz_out, true, false);
+    write_raw_body(gz_out);
+  }
+  s.flush();
+}
+
 void connection::finish() {
   if (finished) return;
   if (!started) {
@@ -852,8 +916,8 @@ void connection::finish() {
     deflate->compress({}, gz_out, false, true);
     write_raw_body(gz_out);
   }
-  if (chunked && !head_only) s.write("0\r\n\r\n");
-  if (content_length && !gzipping && body_sent != *content_length && !head_only) {
+  if (chunked && !bodiless) s.write("0\r\n\r\n");
+  if (content_length && !gzipping && body_sent != *content_length && !bodiless) {
     // The client would wait for bytes that never come, or read ours as the next response.
     log(log_level::error, "http", "response to %.*s sent %llu bytes, Content-Length said %llu",
         int(path.size()), path.data(), static_cast<unsigned long long>(body_sent),
@@ -906,10 +970,10 @@ std::string_view request::path_rest() const noexcept {
   return c_.path_rest;
 }
 std::string_view request::body() {
-  return c_.whole_body();
+  return c_.own_io([&] { return c_.whole_body(); });
 }
 std::string_view request::read_body_some() {
-  return c_.body_some();
+  return c_.own_io([&] { return c_.body_some(); });
 }
 bool request::body_done() const noexcept {
   return c_.body_complete;
@@ -929,6 +993,10 @@ int response::status() const noexcept {
 void response::add_header(std::string_view name, std::string_view value) {
   if (c_.started) throw std::logic_error("squall: add_header after the response started");
   check_field(name, value);
+  // The server frames the body itself; a copied upstream framing field would contradict it.
+  if (iequals(name, "Content-Length") || iequals(name, "Transfer-Encoding"))
+    throw std::invalid_argument(
+        "squall: Content-Length and Transfer-Encoding are the server's (use set_content_length)");
   c_.fields.append(name).append(": ").append(value).append("\r\n");
 }
 
@@ -955,16 +1023,16 @@ void response::close_connection() noexcept {
   c_.close_after = true;
 }
 void response::send(std::string_view body) {
-  c_.send(body);
+  c_.own_io([&] { c_.send(body); });
 }
 void response::write(std::string_view data) {
-  c_.write(data);
+  c_.own_io([&] { c_.write(data); });
 }
 void response::flush() {
-  c_.s.flush();
+  c_.own_io([&] { c_.flush(); });
 }
 void response::finish() {
-  c_.finish();
+  c_.own_io([&] { c_.finish(); });
 }
 bool response::started() const noexcept {
   return c_.started;
@@ -987,7 +1055,7 @@ void response::send_error(int code) {
   set_status(code);
   set_header("Content-Type", "text/plain; charset=utf-8");
   std::string body = std::to_string(code) + " " + std::string(reason_phrase(code)) + "\n";
-  c_.send(body);
+  c_.own_io([&] { c_.send(body); });
 }
 
 // --- Router -------------------------------------------------------------------------------------
@@ -1003,6 +1071,7 @@ struct router::route {
   bool match(std::string_view path,
              std::vector<std::pair<std::string_view, std::string_view>>& params,
              std::string_view& rest) const {
+    params.clear();  // nothing from a route tried before this one
     switch (k) {
       case kind::exact:
         return path == pattern;
@@ -1016,19 +1085,24 @@ struct router::route {
     params.clear();
     std::string_view p = path;
     for (const std::string& seg : segments) {
-      if (p.empty() || p[0] != '/') return false;
+      if (p.empty() || p[0] != '/') return fail(params);
       p.remove_prefix(1);
       std::size_t end = std::min(p.find('/'), p.size());
       std::string_view part = p.substr(0, end);
       if (seg.size() >= 2 && seg.front() == '{' && seg.back() == '}') {
-        if (part.empty()) return false;
+        if (part.empty()) return fail(params);
         params.emplace_back(std::string_view(seg).substr(1, seg.size() - 2), part);
       } else if (part != seg) {
-        return false;
+        return fail(params);
       }
       p.remove_prefix(end);
     }
-    return p.empty();
+    return p.empty() || fail(params);
+  }
+
+  static bool fail(std::vector<std::pair<std::string_view, std::string_view>>& params) {
+    params.clear();
+    return false;
   }
 };
 
@@ -1101,8 +1175,11 @@ server::server(io_loop& loop, handler h, server_options opts)
   // Any single wait (a client that stops reading our response) ends after idle_timeout; reads
   // have their own, shorter deadlines.
   t.stream.idle_timeout = st_->opts.idle_timeout;
-  t.stream.max_buffer_size =
-      st_->opts.limits.max_header_size + st_->opts.limits.max_body_size + 64 * 1024;
+  // Saturating: a max_body_size of "unlimited" (UINT64_MAX) must not wrap around.
+  std::uint64_t room = st_->opts.limits.max_header_size + std::uint64_t{64 * 1024};
+  std::uint64_t body = st_->opts.limits.max_body_size;
+  t.stream.max_buffer_size = static_cast<std::size_t>(
+      std::min<std::uint64_t>(body > UINT64_MAX - room ? UINT64_MAX : body + room, SIZE_MAX));
   std::weak_ptr<state> weak = st_;
   st_->tcp = std::make_unique<tcp_server>(
       loop,
