@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,6 +38,11 @@ using squall::resolver_options;
 using squall::run_sync;
 using squall::spawn;
 namespace this_fiber = squall::this_fiber;
+
+namespace squall::detail {
+// lib/resolver.cpp: the hosts file resolvers read, and how often they check it for changes.
+void set_hosts_file(std::string path, squall::duration recheck);
+}  // namespace squall::detail
 
 namespace {
 
@@ -322,6 +328,11 @@ class fake_dns {
     udp_fiber_ = spawn(loop, [this] { serve_udp(); }, {.name = "fake dns"});
   }
   ~fake_dns() {
+    for (auto& f : delayed_)
+      f.cancel();
+    squall::test::run_until(loop_, [&] {
+      return std::all_of(delayed_.begin(), delayed_.end(), [](auto& f) { return f.done(); });
+    });
     // Closing ends the fiber's wait with error::closed.
     udp_.close();
     squall::test::run_until(loop_, [&] { return udp_fiber_.done(); });
@@ -329,6 +340,10 @@ class fake_dns {
   }
 
   std::string server() const { return "127.0.0.1:" + std::to_string(port_); }
+  // UDP answers to the queries `delay` returns a time for are sent that much later.
+  void set_delay(std::function<squall::duration(const dns_query&)> delay) {
+    delay_ = std::move(delay);
+  }
   int count(const std::string& name, std::uint16_t type = 0, int over_tcp = -1) const {
     int n = 0;
     for (const auto& s : seen_)
@@ -360,7 +375,19 @@ class fake_dns {
       if (!parse_query(buf, n, q)) continue;
       seen_.push_back({q.name, q.type, false});
       auto r = script_(q, false);
-      if (!r.empty()) udp_.send_to(r.data(), r.size(), from);
+      if (r.empty()) continue;
+      squall::duration later = delay_ ? delay_(q) : squall::duration::zero();
+      if (later <= squall::duration::zero()) {
+        udp_.send_to(r.data(), r.size(), from);
+        continue;
+      }
+      delayed_.push_back(spawn(loop_, [this, r, from, later] {
+        try {
+          this_fiber::sleep_for(later);
+          udp_.send_to(r.data(), r.size(), from);
+        } catch (const std::system_error&) {  // cancelled with the server
+        }
+      }));
     }
   }
 
@@ -391,6 +418,8 @@ class fake_dns {
   squall::fiber<void> udp_fiber_;
   std::uint16_t port_ = 0;
   std::vector<seen> seen_;
+  std::function<squall::duration(const dns_query&)> delay_;
+  std::vector<squall::fiber<void>> delayed_;
 };
 
 resolver_options fake_options(const fake_dns& dns) {
@@ -807,5 +836,221 @@ TEST_CASE("getaddrinfo on the thread pool, chosen by option") {
       CHECK(std::find(v.begin(), v.end(), address::ip(addr, 22)) != v.end());
       break;
     }
+  });
+}
+
+// --- One channel for many lookups; the wire limit; the hosts file; the search list -----------
+
+TEST_CASE("lookups share a channel; a cancelled one sends nothing more, the others go on") {
+  io_loop loop;
+  fake_dns dns(loop, [](const dns_query& q, bool) -> std::vector<std::uint8_t> {
+    if (q.name.rfind("silent", 0) == 0) return {};
+    if (q.type == type_a) return reply(q, 0, {a_record(q.name, "10.0.0.1")});
+    return reply(q, 0, {});
+  });
+  auto o = fake_options(dns);
+  o.timeout = 50ms;  // tries at 0, 50, 150, 350 ms... (c-ares doubles the timeout each round)
+  o.tries = 10;
+  resolver r(loop, o);
+  run_sync(loop, [&] {
+    auto keep = spawn(loop, [&] { r.resolve("silent-a.test", 80, AF_INET); });
+    auto gone =
+        spawn(loop, [&] { r.resolve("silent-b.test", 80, AF_INET, io_loop::now() + 30ms); });
+    this_fiber::sleep_for(10ms);
+    CHECK(r.in_flight() == 2);
+    CHECK(r.channels() == 1);  // both on the one channel
+    CHECK(error_of([&] { gone.join(); }).code() == squall::error::timed_out);
+    int b = dns.count("silent-b.test"), a = dns.count("silent-a.test");
+    CHECK(b == 1);
+    this_fiber::sleep_for(200ms);
+    CHECK(dns.count("silent-b.test") == b);  // its retries were never sent
+    CHECK(dns.count("silent-a.test") > a);   // the other lookup's were
+    CHECK(r.in_flight() == 1);
+    // The channel holding the cancelled query takes no new lookup: this one gets another.
+    CHECK(hosts_of(r.resolve("ok.test", 80)) == std::vector<std::string>{"10.0.0.1"});
+    CHECK(r.channels() == 2);
+    keep.cancel();
+    CHECK(error_of([&] { keep.join(); }).code() == squall::error::cancelled);
+    CHECK(r.in_flight() == 0);
+    int after = dns.total();
+    this_fiber::sleep_for(150ms);
+    CHECK(dns.total() == after);  // nothing at all is retried now
+  });
+  CHECK(loop.timer_count() == 0);  // and c-ares has no query left, cancelled one included
+  CHECK(loop.handler_count() <= r.channels());
+}
+
+TEST_CASE("a truncated answer to a cancelled lookup does not send it again over TCP") {
+  io_loop loop;
+  fake_dns dns(loop, [](const dns_query& q, bool tcp) -> std::vector<std::uint8_t> {
+    if (q.name == "silent.test") return {};
+    if (!tcp) return reply(q, 0, {}, /*truncated=*/true);
+    return reply(q, 0, {a_record(q.name, "10.0.0.5")});
+  });
+  dns.set_delay([](const dns_query& q) { return q.name == "late.test" ? 60ms : 0ms; });
+  auto o = fake_options(dns);
+  o.timeout = 2s;  // no UDP retry during the test
+  o.tries = 1;
+  resolver r(loop, o);
+  run_sync(loop, [&] {
+    auto keep = spawn(loop, [&] { r.resolve("silent.test", 80, AF_INET); });  // keeps it shared
+    auto e = error_of([&] { r.resolve("late.test", 80, AF_INET, io_loop::now() + 20ms); });
+    CHECK(e.code() == squall::error::timed_out);
+    this_fiber::sleep_for(100ms);  // the truncated answer came at 60 ms
+    CHECK(dns.count("late.test", 0, /*over_tcp=*/0) == 1);
+    CHECK(dns.count("late.test", 0, /*over_tcp=*/1) == 0);
+    // Not cancelled, the same answer does go to TCP.
+    CHECK(hosts_of(r.resolve("late.test", 80, AF_INET)) == std::vector<std::string>{"10.0.0.5"});
+    CHECK(dns.count("late.test", 0, /*over_tcp=*/1) == 1);
+    keep.cancel();
+    CHECK(error_of([&] { keep.join(); }).code() == squall::error::cancelled);
+  });
+  CHECK(r.in_flight() == 0);
+  CHECK(loop.timer_count() == 0);
+}
+
+TEST_CASE("at most 64 lookups on the wire; the others wait in line, cancellable") {
+  io_loop loop;
+  fake_dns dns(loop, [](const dns_query&, bool) { return std::vector<std::uint8_t>{}; });
+  auto o = fake_options(dns);
+  o.timeout = 5s;  // one try each, none retried during the test
+  o.tries = 1;
+  auto r = std::make_unique<resolver>(loop, o);
+  const int n = 100;
+  std::vector<squall::fiber<void>> fibers;
+  for (int i = 0; i < n; ++i)
+    fibers.push_back(
+        spawn(loop, [&, i] { r->resolve("q" + std::to_string(i) + ".test", 80, AF_INET); }));
+  CHECK(squall::test::run_until(loop, [&] { return dns.total() >= 64; }));
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(20ms);
+    CHECK(dns.total() == 64);  // one query (A) per lookup on the wire
+    CHECK(r->in_flight() == n);
+    // A waiting lookup's deadline passes: it never reaches the wire.
+    auto e = error_of([&] { r->resolve("extra.test", 80, AF_INET, io_loop::now() + 20ms); });
+    CHECK(e.code() == squall::error::timed_out);
+    CHECK(std::string(e.what()).find("'extra.test'") != std::string::npos);
+    CHECK(dns.count("extra.test") == 0);
+    // One on the wire is cancelled: the first in line takes its place.
+    fibers[0].cancel();
+    CHECK(error_of([&] { fibers[0].join(); }).code() == squall::error::cancelled);
+    for (int i = 0; i < 400 && dns.total() < 65; ++i)
+      this_fiber::sleep_for(5ms);
+    this_fiber::sleep_for(10ms);
+    CHECK(dns.total() == 65);
+    CHECK(dns.count("q64.test") == 1);
+    CHECK(dns.count("q65.test") == 0);
+    // One in line is cancelled: it never reaches the wire either.
+    fibers[99].cancel();
+    CHECK(error_of([&] { fibers[99].join(); }).code() == squall::error::cancelled);
+    CHECK(r->in_flight() == n - 2);
+  });
+  // Destroying the resolver ends them all, on the wire and in line.
+  r.reset();
+  CHECK(squall::test::run_until(loop, [&] {
+    return std::all_of(fibers.begin(), fibers.end(), [](auto& f) { return f.done(); });
+  }));
+  for (int i = 1; i < n - 1; ++i)
+    CHECK(error_of([&] { fibers[i].join(); }).code() == squall::error::cancelled);
+  CHECK(dns.count("q99.test") == 0);
+  CHECK(loop.handler_count() == 0);
+}
+
+TEST_CASE("the hosts file is read once, again when it changes, and answers without a fiber") {
+  char path[] = "/tmp/squall-hosts-XXXXXX";
+  ::close(::mkstemp(path));
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
+  write(
+      "# comment line\n"
+      "10.1.2.3 Alpha.test alias.test   # trailing comment\n"
+      "::5\talpha.test\n"
+      "not-an-address beta.test\n"
+      "10.9.9.9\n");
+  squall::detail::set_hosts_file(path, 0s);  // checked on every lookup
+  struct restore {
+    const char* path;
+    ~restore() {
+      squall::detail::set_hosts_file("/etc/hosts", 1s);
+      ::unlink(path);
+    }
+  } restore_defaults{path};
+
+  io_loop loop;
+  resolver_options o;
+  o.servers = {"127.0.0.1:" + std::to_string(free_port())};  // nobody there
+  o.search = std::vector<std::string>{};
+  o.timeout = 200ms;
+  o.tries = 2;
+  resolver r(loop, o);
+  // Outside a fiber: answered from the file, no query.
+  CHECK(hosts_of(r.resolve("alpha.test", 80, AF_INET)) == std::vector<std::string>{"10.1.2.3"});
+  CHECK(hosts_of(r.resolve("ALPHA.TEST.", 80, AF_INET6)) == std::vector<std::string>{"::5"});
+  CHECK(r.resolve("alpha.test", 80).size() == 2);
+  CHECK(r.resolve("alias.test", 443, AF_INET).at(0).to_string() == "10.1.2.3:443");
+  // Not in the file (or not for that family): that takes a query, so a fiber.
+  CHECK_THROWS_AS(r.resolve("alias.test", 80, AF_INET6), std::logic_error);
+  CHECK_THROWS_AS(r.resolve("beta.test", 80), std::logic_error);
+
+  // Rewritten with another size: seen at once.
+  write("10.4.4.4 alpha.test\n");
+  CHECK(hosts_of(r.resolve("alpha.test", 80)) == std::vector<std::string>{"10.4.4.4"});
+  // Same size, new mtime: seen too.
+  write("10.5.5.5 alpha.test\n");
+  timespec later[2] = {{0, UTIME_OMIT}, {::time(nullptr) + 100, 0}};
+  REQUIRE(::utimensat(AT_FDCWD, path, later, 0) == 0);
+  CHECK(hosts_of(r.resolve("alpha.test", 80)) == std::vector<std::string>{"10.5.5.5"});
+  // hosts_file = false asks DNS (here: nobody).
+  auto dns_only = o;
+  dns_only.hosts_file = false;
+  resolver r2(loop, dns_only);
+  run_sync(loop, [&] {
+    CHECK(error_of([&] { r2.resolve("alpha.test", 80); }).code() == std::errc::connection_refused);
+  });
+  // Gone: no names.
+  ::unlink(path);
+  CHECK_THROWS_AS(r.resolve("alpha.test", 80), std::logic_error);
+
+  // Checked at most every `recheck`: a change within it is not seen yet.
+  write("10.6.6.6 alpha.test\n");
+  squall::detail::set_hosts_file(path, 1h);
+  resolver r3(loop, o);
+  CHECK(hosts_of(r3.resolve("alpha.test", 80)) == std::vector<std::string>{"10.6.6.6"});
+  write("10.66.6.6 alpha.test\n");
+  CHECK(hosts_of(r3.resolve("alpha.test", 80)) == std::vector<std::string>{"10.6.6.6"});
+}
+
+TEST_CASE("the search list: tried in order while NXDOMAIN, never for an absolute name") {
+  io_loop loop;
+  fake_dns dns(loop, [](const dns_query& q, bool) {
+    if (q.name == "stop.corp.test") return reply(q, rcode_servfail, {});
+    if (q.name != "host.corp.test") return reply(q, rcode_nxdomain, {});
+    if (q.type == type_a) return reply(q, 0, {a_record(q.name, "10.0.0.8")});
+    return reply(q, 0, {});
+  });
+  auto o = fake_options(dns);
+  o.search = std::vector<std::string>{"other.test", "corp.test"};
+  o.ndots = 1;
+  resolver r(loop, o);
+  run_sync(loop, [&] {
+    // No dot (< ndots): the search list first, in order, the name as is last (not reached).
+    CHECK(hosts_of(r.resolve("host", 80)) == std::vector<std::string>{"10.0.0.8"});
+    CHECK(dns.count("host.other.test", type_a) == 1);
+    CHECK(dns.count("host.corp.test", type_a) == 1);
+    CHECK(dns.count("host", type_a) == 0);
+    // Absolute: as is only.
+    int before = dns.total();
+    CHECK(error_of([&] { r.resolve("host.", 80); }).code() == squall::error::not_found);
+    CHECK(dns.count("host", type_a) == 1);
+    CHECK(dns.total() == before + 2);  // A and AAAA for "host", nothing else
+    // One dot (>= ndots): as is first, then the list.
+    CHECK(error_of([&] { r.resolve("a.b", 80); }).code() == squall::error::not_found);
+    CHECK(dns.count("a.b", type_a) == 1);
+    CHECK(dns.count("a.b.other.test", type_a) == 1);
+    CHECK(dns.count("a.b.corp.test", type_a) == 1);
+    // Anything but NXDOMAIN ends the walk.
+    auto e = error_of([&] { r.resolve("stop", 80); });
+    CHECK(e.code() == squall::error::server_failure);
+    CHECK(std::string(e.what()).find("'stop'") != std::string::npos);
+    CHECK(dns.count("stop", type_a) == 0);
   });
 }

@@ -32,6 +32,8 @@ void usage(std::FILE* out) {
                "                                     an HTTP server (default 127.0.0.1:8888)\n"
                "  get URL [-X M] [-H 'K: V']... [-d DATA] [-o FILE] [-v] [--timeout S]\n"
                "                                     fetch URL; the body to stdout\n"
+               "  ws URL [-H 'K: V']... [--subprotocol P]... [--compress]\n"
+               "                                     a WebSocket client: stdin lines out\n"
                "  echo [--port N] [--host H]         a TCP echo server (default 127.0.0.1:8007)\n"
                "  resolve NAME [--family 4|6] [--server IP:PORT]\n"
                "                                     look NAME up; print addresses and the time\n"
@@ -175,6 +177,9 @@ int main(int argc, char** argv) {
 #if SQUALL_HAVE_HTTP
     if (cmd == "serve") return squall::tool::serve_main(argc - 2, argv + 2);
     if (cmd == "get") return squall::tool::get_main(argc - 1, argv + 1);
+#endif
+#if SQUALL_HAVE_WEBSOCKET
+    if (cmd == "ws") return squall::tool::ws_main(argc - 1, argv + 1);
 #endif
     if (cmd == "echo") return cmd_echo(argc - 2, argv + 2);
     if (cmd == "resolve") return cmd_resolve(argc - 2, argv + 2);

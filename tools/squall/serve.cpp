@@ -78,6 +78,9 @@ bool parse_serve_args(int argc, char** argv, serve_args& a) {
 
 http::handler make_app(const serve_args& a) {
   http::router routes;
+#if SQUALL_HAVE_WEBSOCKET
+  add_ws_routes(routes);  // before --root's catch-all "/*"
+#endif
   if (!a.root.empty()) {
     http::static_options so;
     so.root = a.root;
