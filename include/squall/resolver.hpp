@@ -6,9 +6,10 @@
 //   squall::io_stream s = squall::tcp_connect("db.internal", 5432);   // resolve + Happy Eyeballs
 //
 // c-ares's sockets are watched with the loop's fd handlers and its timeouts run on loop timers,
-// so a lookup costs no thread and the loop never polls. Each lookup in flight has a c-ares
-// channel of its own (channels are pooled), which is what lets one lookup be cancelled without
-// touching the others: cancelling the fiber, or a deadline passing, cancels the c-ares query.
+// so a lookup costs no thread and the loop never polls. Lookups share a c-ares channel; a
+// cancelled one (the fiber cancelled, or a deadline passing) has its retries dropped at the
+// socket layer, so it sends nothing more (docs/resolver.md). At most 64 lookups are on the wire
+// at once; the rest queue.
 // Pooled channels keep their UDP socket open (c-ares's STAYOPEN), so a busy resolver does not
 // open and close a socket per lookup; the resolver's destructor closes them.
 //
