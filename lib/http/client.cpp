@@ -42,14 +42,6 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
 // RFC 9110 5.6.2 tchar: what a method or a field name may be made of.
 bool is_token(std::string_view s) noexcept {
   if (s.empty()) return false;
@@ -65,7 +57,7 @@ bool is_token(std::string_view s) noexcept {
 bool has_token(std::string_view value, std::string_view token) noexcept {
   while (!value.empty()) {
     std::size_t comma = value.find(',');
-    if (iequals(trim(value.substr(0, comma)), token)) return true;
+    if (iequals(trim_ows(value.substr(0, comma)), token)) return true;
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);
   }
@@ -417,7 +409,7 @@ void report_head(std::string_view buf, unique_function<void(std::string_view)>& 
 }
 
 bool is_gzip(std::string_view coding) noexcept {
-  coding = trim(coding);
+  coding = trim_ows(coding);
   return iequals(coding, "gzip") || iequals(coding, "x-gzip");
 }
 
@@ -742,7 +734,7 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
   bool got_bytes = false;
   bool expect = false;
   if (const std::string* e = find_header(req.headers, "Expect"))
-    expect = iequals(trim(*e), "100-continue") && sends_body(req);
+    expect = iequals(trim_ows(*e), "100-continue") && sends_body(req);
   head_parser parser(req.limits);
   message_head head;
   std::string buf;

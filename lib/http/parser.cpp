@@ -182,13 +182,6 @@ std::size_t find_head_end(std::string_view buf, std::size_t from) {
 }
 
 // --- Field values ------------------------------------------------------------------------------
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && is_ws(s.front()))
-    s.remove_prefix(1);
-  while (!s.empty() && is_ws(s.back()))
-    s.remove_suffix(1);
-  return s;
-}
 
 // Calls fn on each element of a comma-separated list (RFC 9110 5.6.1), OWS trimmed and empty
 // elements included, until fn returns false; returns whether it never did.
@@ -526,6 +519,14 @@ class head_reader {
 }  // namespace
 
 // --- Public helpers ----------------------------------------------------------------------------
+std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && is_ws(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && is_ws(s.back()))
+    s.remove_suffix(1);
+  return s;
+}
+
 bool iequals(std::string_view a, std::string_view b) noexcept {
   return same_token(a, b);
 }

@@ -175,14 +175,6 @@ bool valid_ip(std::string_view s) {
   return inet_pton(AF_INET, buf, out) == 1 || inet_pton(AF_INET6, buf, out) == 1;
 }
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
 void append_number(std::string& out, std::uint64_t n) {
   char buf[24];
   auto r = std::to_chars(buf, buf + sizeof buf, n);
@@ -426,15 +418,15 @@ void connection::prepare_request() {
   protocol = "http";
   xremote_ip.clear();
   if (st.opts.xheaders) {
-    std::string_view ip = trim(head.header("X-Real-IP"));
+    std::string_view ip = trim_ows(head.header("X-Real-IP"));
     if (!valid_ip(ip)) {
       std::string_view xff = head.header("X-Forwarded-For");
       std::size_t comma = xff.rfind(',');
-      ip = trim(comma == std::string_view::npos ? xff : xff.substr(comma + 1));
+      ip = trim_ows(comma == std::string_view::npos ? xff : xff.substr(comma + 1));
     }
     if (valid_ip(ip)) xremote_ip.assign(ip);
-    std::string_view proto = trim(head.header("X-Forwarded-Proto"));
-    if (proto.empty()) proto = trim(head.header("X-Scheme"));
+    std::string_view proto = trim_ows(head.header("X-Forwarded-Proto"));
+    if (proto.empty()) proto = trim_ows(head.header("X-Scheme"));
     if (iequals(proto, "https")) protocol = "https";
   }
 
@@ -448,7 +440,7 @@ void connection::prepare_request() {
   body_view = {};
   inflating = false;
   if (st.opts.decompress_request && !body_complete && gzip::available()) {
-    std::string_view ce = trim(head.header("Content-Encoding"));
+    std::string_view ce = trim_ows(head.header("Content-Encoding"));
     if (iequals(ce, "gzip") || iequals(ce, "x-gzip")) {
       if (!inflate) inflate.emplace();
       inflate->reset();
@@ -736,7 +728,7 @@ bool connection::want_gzip(std::uint64_t size) const {
     std::size_t eol = fields.find("\r\n", pos);
     std::string_view line(fields.data() + pos, eol - pos);
     std::size_t colon = line.find(':');
-    std::string_view name = line.substr(0, colon), value = trim(line.substr(colon + 1));
+    std::string_view name = line.substr(0, colon), value = trim_ows(line.substr(colon + 1));
     if (iequals(name, "Content-Type")) type = value;
     if (iequals(name, "Content-Encoding")) encoding = value;
     if (iequals(name, "Content-Range")) return false;

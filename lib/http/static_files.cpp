@@ -273,14 +273,6 @@ bool is_ows(char c) noexcept {
   return c == ' ' || c == '\t';
 }
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && is_ows(s.front()))
-    s.remove_prefix(1);
-  while (!s.empty() && is_ows(s.back()))
-    s.remove_suffix(1);
-  return s;
-}
-
 // If-None-Match: "*" or a list of entity tags, one of which equals `etag` by the weak
 // comparison (the W/ prefixes are ignored). A malformed list matches nothing from there on.
 bool none_match(std::string_view list, std::string_view etag) noexcept {
@@ -323,12 +315,12 @@ bool parse_u64(std::string_view s, std::uint64_t& v) noexcept {
 byte_range parse_range(std::string_view header, std::uint64_t size) noexcept {
   byte_range out;
   std::size_t eq = header.find('=');
-  if (eq == std::string_view::npos || !iequals(trim(header.substr(0, eq)), "bytes")) return out;
+  if (eq == std::string_view::npos || !iequals(trim_ows(header.substr(0, eq)), "bytes")) return out;
   std::string_view set = header.substr(eq + 1), spec;
   int count = 0;
   while (!set.empty()) {
     std::size_t comma = set.find(',');
-    std::string_view elem = trim(set.substr(0, comma));
+    std::string_view elem = trim_ows(set.substr(0, comma));
     set = comma == std::string_view::npos ? std::string_view{} : set.substr(comma + 1);
     if (elem.empty()) continue;  // empty list elements are allowed (RFC 9110 5.6.1)
     spec = elem;
@@ -586,7 +578,7 @@ void static_handler::operator()(request& req, response& resp) const {
   std::uint64_t offset = 0, length = size;
   std::string_view range = req.header("Range");
   if (!range.empty()) {
-    std::string_view if_range = trim(req.header("If-Range"));
+    std::string_view if_range = trim_ows(req.header("If-Range"));
     bool keep = true;
     if (!if_range.empty()) {
       if (if_range.front() == '"') {

@@ -185,14 +185,6 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
 // Every value of every field `name`, joined as one comma-separated list.
 std::string joined_values(const http::message_head& head, std::string_view name) {
   std::string out;
@@ -209,7 +201,7 @@ std::vector<std::string> list_items(std::string_view list) {
   std::vector<std::string> out;
   while (!list.empty()) {
     std::size_t comma = list.find(',');
-    std::string_view item = trim(list.substr(0, comma));
+    std::string_view item = http::trim_ows(list.substr(0, comma));
     if (!item.empty()) out.emplace_back(item);
     if (comma == std::string_view::npos) break;
     list.remove_prefix(comma + 1);
@@ -807,7 +799,7 @@ connection accept(http::request& req, http::response& resp, options opts) {
     throw request_error(400, "websocket: can \"Upgrade\" only to \"websocket\"");
   if (!head.has_token("Connection", "upgrade"))
     throw request_error(400, "websocket: \"Connection\" must be \"Upgrade\"");
-  if (trim(req.header("Sec-WebSocket-Version")) != "13") {
+  if (http::trim_ows(req.header("Sec-WebSocket-Version")) != "13") {
     // 426 with the version we speak (RFC 6455 4.4). Sent here: a request_error's answer would
     // not carry the header.
     resp.set_status(426);
@@ -816,7 +808,7 @@ connection accept(http::request& req, http::response& resp, options opts) {
     resp.send("426 Upgrade Required\n");
     throw request_error(426, "websocket: unsupported Sec-WebSocket-Version");
   }
-  std::string_view key = trim(req.header("Sec-WebSocket-Key"));
+  std::string_view key = http::trim_ows(req.header("Sec-WebSocket-Key"));
   if (!valid_key(key)) throw request_error(400, "websocket: missing or bad Sec-WebSocket-Key");
   std::string_view origin = req.header("Origin");
   bool origin_ok = opts.check_origin ? opts.check_origin(origin, req)
@@ -977,16 +969,16 @@ connection connect(std::string_view url, options opts) {
     refuse("the server answered " + std::to_string(head.status) + " " + std::string(head.reason));
   if (!head.has_token("Upgrade", "websocket")) refuse("no \"Upgrade: websocket\" in the answer");
   if (!head.has_token("Connection", "upgrade")) refuse("no \"Connection: Upgrade\" in the answer");
-  if (trim(head.header("Sec-WebSocket-Accept")) != accept_value(key))
+  if (http::trim_ows(head.header("Sec-WebSocket-Accept")) != accept_value(key))
     refuse("wrong Sec-WebSocket-Accept");
-  std::string proto(trim(head.header("Sec-WebSocket-Protocol")));
+  std::string proto(http::trim_ows(head.header("Sec-WebSocket-Protocol")));
   if (!proto.empty() && std::find(opts.subprotocols.begin(), opts.subprotocols.end(), proto) ==
                             opts.subprotocols.end())
     refuse("the server chose a subprotocol we did not offer: " + proto);
   std::string ext = joined_values(head, "Sec-WebSocket-Extensions");
   deflate_params agreed;
   bool deflate = false;
-  if (!trim(ext).empty()) {
+  if (!http::trim_ows(ext).empty()) {
     if (!opts.compression) refuse("the server answered with extensions we did not offer: " + ext);
     if (!accept_deflate_response(ext, opts.deflate, agreed))
       refuse("unacceptable Sec-WebSocket-Extensions: " + ext);

@@ -45,6 +45,8 @@ namespace squall::http {
 
 // ASCII case-insensitive comparison (field names, tokens).
 bool iequals(std::string_view a, std::string_view b) noexcept;
+// `s` without leading and trailing SP and HTAB (RFC 9110's OWS).
+std::string_view trim_ows(std::string_view s) noexcept;
 
 struct header_field {
   std::string_view name;   // as received (compare with iequals)
