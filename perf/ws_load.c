@@ -11,7 +11,7 @@
 //   bench=ws conns=100 size=32 deflate=0 secs=5.000 msgs=612345 msgs_per_s=122469.0
 //     server_cpu_s=2.310 server_us_per_msg=3.772 server_user_s=0.810 client_cpu_s=4.990
 //     p50_us=790 p99_us=1410 machine_busy_s=9.97 steal_s=0.01 cpu0_busy_s=2.40
-//     cpu1_busy_s=5.00 reply_bytes=32 reply_compressed=0
+//     cpu1_busy_s=5.00 sent_bytes=32 reply_bytes=32 reply_compressed=0
 // and before it one line "# handshake: ..." with the server's Sec-WebSocket-Extensions.
 //
 // Methodology:
@@ -718,11 +718,11 @@ int main(int argc, char** argv) {
       "bench=ws conns=%d size=%zu deflate=%d secs=%.3f msgs=%llu msgs_per_s=%.1f "
       "server_cpu_s=%.3f server_us_per_msg=%.3f server_user_s=%.3f client_cpu_s=%.3f "
       "p50_us=%llu p99_us=%llu machine_busy_s=%.2f steal_s=%.2f cpu0_busy_s=%.2f "
-      "cpu1_busy_s=%.2f frame_bytes=%zu reply_bytes=%llu reply_compressed=%d\n",
+      "cpu1_busy_s=%.2f sent_bytes=%zu reply_bytes=%llu reply_compressed=%d\n",
       o.conns, o.size, o.deflate, secs, (unsigned long long)msgs, (double)msgs / secs, server,
       server >= 0 ? server * 1e6 / (double)msgs : -1.0, user, s1.client - s0.client,
       (unsigned long long)percentile(msgs, 0.50), (unsigned long long)percentile(msgs, 0.99),
-      s1.busy - s0.busy, s1.steal - s0.steal, s1.cpu0 - s0.cpu0, s1.cpu1 - s0.cpu1, frame_len,
+      s1.busy - s0.busy, s1.steal - s0.steal, s1.cpu0 - s0.cpu0, s1.cpu1 - s0.cpu1, wire_len,
       (unsigned long long)reply_bytes, reply_compressed);
   fflush(stdout);
   for (int i = 0; i < o.conns; ++i)
