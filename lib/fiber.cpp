@@ -217,6 +217,7 @@ void start(fiber_record* f) {
 // A fiber has finished: give back its stack, tell its joiners, drop the scheduler's reference.
 void finalize(fiber_record* f) {
   scheduler& s = sched_of(f);
+  f->deadline_timer.cancel();  // it points at the record
   if (f->stack_base) {
     s.stacks.put(region_of(f),
                  f->stack_size == s.config.stack_size ? s.config.max_pooled_stacks : 0);
@@ -282,6 +283,35 @@ void abandon(waiter& w, std::error_code reason) {
   w.abandon(w);
 }
 
+namespace {
+
+void arm_deadline(fiber_record* f, time_point at);
+
+// The deadline timer fired: it may be early (armed for an earlier wait, or before the deadline
+// moved out). Time the current wait out if its deadline has passed, else re-arm for it.
+void on_deadline_timer(fiber_record* f) {
+  f->timer_at = time_point::max();
+  waiter* w = f->waiting;
+  if (!w || w->woken || w->abandoning || f->wait_deadline == time_point::max()) return;
+  if (f->wait_deadline <= clock::now())
+    abandon(*w, error::timed_out);
+  else
+    arm_deadline(f, f->wait_deadline);
+}
+
+// Makes sure the fiber's timer fires no later than `at`. A timer already armed for earlier is
+// left alone: when it fires, on_deadline_timer() re-arms it for the wait current then. So a
+// connection whose every read waits "idle timeout from now" touches the timer heap once per
+// idle timeout instead of twice per read (nginx re-arms its timers lazily in the same way).
+void arm_deadline(fiber_record* f, time_point at) {
+  if (f->timer_at <= at) return;
+  f->deadline_timer.cancel();
+  f->deadline_timer = f->loop->call_at(at, [f] { on_deadline_timer(f); });
+  f->timer_at = at;
+}
+
+}  // namespace
+
 std::error_code suspend(waiter& w, time_point deadline) {
   fiber_record* f = require_fiber("a wait");
   w.fiber = f;
@@ -296,15 +326,13 @@ std::error_code suspend(waiter& w, time_point deadline) {
   }
   // An abandon above may complete later (io_uring waits for the kernel), so still suspend.
   if (!w.woken) {
-    timer_handle deadline_timer;
-    if (eff != time_point::max() && !w.abandoning)
-      deadline_timer = f->loop->call_at(eff, [&w] { abandon(w, error::timed_out); });
     f->waiting = &w;
     f->wait_deadline = eff;
+    if (eff != time_point::max() && !w.abandoning) arm_deadline(f, eff);
     while (!w.woken)
       switch_out(f);
     f->waiting = nullptr;
-    deadline_timer.cancel();
+    f->wait_deadline = time_point::max();
   }
   if (f->unwinding) throw fiber_unwind{};
   return w.result;

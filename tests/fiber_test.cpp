@@ -193,6 +193,42 @@ TEST_CASE("deadlines: per wait, per block with deadline_scope (earliest wins), w
   });
 }
 
+TEST_CASE("a fiber's deadline timer is re-armed lazily, and every deadline still holds") {
+  io_loop loop;
+  run_sync(loop, [&] {
+    squall::event e;
+    // Waits whose deadline moves later each time (an idle timeout): one timer, armed once.
+    std::size_t before = loop.timer_count();
+    for (int i = 0; i < 1000; ++i) {
+      loop.add_callback([&] { e.set(); });
+      e.wait(io_loop::now() + 1h);
+      e.clear();
+      CHECK(loop.timer_count() == before + 1);
+    }
+    // An earlier deadline than the armed one still fires on time.
+    auto t0 = io_loop::now();
+    CHECK(code_of([&] { e.wait(io_loop::now() + 20ms); }) == squall::error::timed_out);
+    CHECK(io_loop::now() - t0 >= 20ms);
+    CHECK(io_loop::now() - t0 < 1h);
+    // A wait woken well before its deadline leaves the timer armed for that deadline; a
+    // later wait must not time out when it fires, only at its own deadline.
+    loop.call_later(5ms, [&] { e.set(); });
+    CHECK(code_of([&] { e.wait(io_loop::now() + 50ms); }) == std::error_code{});
+    e.clear();
+    t0 = io_loop::now();
+    CHECK(code_of([&] { e.wait(t0 + 200ms); }) == squall::error::timed_out);
+    CHECK(io_loop::now() - t0 >= 200ms);
+    // The same, woken by a set after the early timer has fired: no timeout at all.
+    loop.call_later(5ms, [&] { e.set(); });
+    CHECK(code_of([&] { e.wait(io_loop::now() + 20ms); }) == std::error_code{});
+    e.clear();
+    loop.call_later(60ms, [&] { e.set(); });
+    CHECK(code_of([&] { e.wait(io_loop::now() + 1s); }) == std::error_code{});
+  });
+  // The fiber is gone, and so is its timer.
+  CHECK(loop.timer_count() == 0);
+}
+
 TEST_CASE("join with a deadline times out while the fiber keeps running") {
   io_loop loop;
   auto slow = spawn(loop, [] {

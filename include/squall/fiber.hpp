@@ -127,7 +127,10 @@ struct fiber_record {
   std::size_t stack_size = 0;  // usable bytes above the guard page
   std::size_t guard_size = 0;
   waiter* waiting = nullptr;                     // the current wait, if suspended
-  time_point wait_deadline = time_point::max();  // of the current wait (dumps)
+  time_point wait_deadline = time_point::max();  // of the current wait
+  // The fiber's deadline timer, kept armed across waits: see arm_deadline() in fiber.cpp.
+  timer_handle deadline_timer;
+  time_point timer_at = time_point::max();  // when it fires; max when not armed
   time_point scope_deadline = time_point::max();
   void* tsan_fiber = nullptr;  // ThreadSanitizer's handle, in TSan builds
   std::exception_ptr error;

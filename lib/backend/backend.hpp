@@ -24,7 +24,21 @@ namespace squall::detail {
 // the operation's result or -errno, `flags` the CQE flags). Called on the loop's thread.
 struct io_completion {
   void (*complete)(io_completion* self, unsigned events, int res, unsigned flags) = nullptr;
+  // Optional: starts loading (prefetching) what complete() will touch. The loop calls it for
+  // the next event of a batch while it dispatches the current one.
+  void (*warm)(const io_completion* self) noexcept = nullptr;
 };
+
+// Prefetches what resuming a fiber suspended at `p` (a record on its stack) will touch: from
+// `below` bytes under `p` up to the end of p's page. Stacks grow down from a page-aligned top,
+// so the rest of that page is the fiber's own frames (with a connection's state near the top);
+// the next page up may already be past the top.
+inline void prefetch_stack(const void* p, std::size_t below) noexcept {
+  auto a = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63};
+  std::uintptr_t end = (a | 4095) + 1;
+  for (std::uintptr_t c = a - below; c < end; c += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(c));
+}
 
 // One report from wait(): a ready fd with an fd handler (`io` null; `events` is a mask of
 // io_loop::read / write / error), or an event for an io_completion (`io` set).
