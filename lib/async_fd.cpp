@@ -43,6 +43,10 @@ struct fd_state final : io_completion {
   bool hup = false;
   waiter* reader = nullptr;
   waiter* writer = nullptr;
+  // For warm_readiness(): the fiber that last waited here and the buffer a waiting read will
+  // fill, so that both are in the cache when the edge is dispatched.
+  const void* last_fiber = nullptr;
+  const void* read_buf = nullptr;
 };
 
 }  // namespace detail
@@ -71,6 +75,7 @@ void claim(fd_state& st, slot_ptr slot, waiter& w) {
     throw std::logic_error("squall: another fiber is already waiting on fd " +
                            std::to_string(st.fd) + " in the same direction");
   st.*slot = &w;
+  st.last_fiber = detail::current_fiber();
   w.data = &st;
   w.fd = st.fd;
   // Dumps show the operation ("read"), not the error-message prefix: every `what` in this file
@@ -106,7 +111,12 @@ constexpr std::size_t warm_below = 1024;
 
 void warm_readiness(const detail::io_completion* c) noexcept {
   auto* st = static_cast<const fd_state*>(c);
-  if (st->reader) detail::prefetch_stack(st->reader, warm_below);
+  if (!st->reader && !st->writer) return;
+  __builtin_prefetch(st->last_fiber);
+  if (st->reader) {
+    detail::prefetch_stack(st->reader, warm_below);
+    __builtin_prefetch(st->read_buf, 1);  // the recv() writes there
+  }
   if (st->writer) detail::prefetch_stack(st->writer, warm_below);
 }
 
@@ -322,6 +332,7 @@ std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline)
     if (open) st.may_read = n >= len;
     return n;
   }
+  st.read_buf = buf;
   return readiness_op(st, &fd_state::reader, what, deadline, len, [&] {
     return st.socket ? ::recv(st.fd, buf, len, 0) : ::read(st.fd, buf, len);
   });
