@@ -18,6 +18,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "backend/backend.hpp"
 #include "squall/log.hpp"
@@ -47,6 +48,14 @@ struct fd_state final : io_completion {
   // fill, so that both are in the cache when the edge is dispatched.
   const void* last_fiber = nullptr;
   const void* read_buf = nullptr;
+  // A send deferred to the end of the loop iteration (see deferred_exchange()): the caller's
+  // vector, and how the loop's attempt went.
+  enum class send_state : std::uint8_t { none, queued, sent, partial, failed };
+  send_state dsend = send_state::none;
+  const iovec* dsend_iov = nullptr;
+  int dsend_iovcnt = 0;
+  std::size_t dsend_done = 0;  // bytes the loop sent (partial)
+  int dsend_errno = 0;         // failed
 };
 
 }  // namespace detail
@@ -377,12 +386,116 @@ struct duplex {
 
 }  // namespace
 
+namespace {
+
+// The end of the loop's iteration: send what deferred_exchange() queued. A send that does not
+// go out whole (a full socket buffer) or fails wakes the fiber, which finishes it or reports
+// it; a whole send leaves the fiber waiting for its answer.
+void flush_deferred_send(detail::io_completion* c) noexcept {
+  auto* st = static_cast<fd_state*>(c);
+  if (st->dsend != fd_state::send_state::queued) return;
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(st->dsend_iov);
+  msg.msg_iovlen = static_cast<std::size_t>(st->dsend_iovcnt);
+  std::size_t want = 0;
+  for (int i = 0; i < st->dsend_iovcnt; ++i)
+    want += st->dsend_iov[i].iov_len;
+  ssize_t r;
+  do
+    r = ::sendmsg(st->fd, &msg, MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  if (r >= 0 && static_cast<std::size_t>(r) == want) {
+    st->dsend = fd_state::send_state::sent;
+    return;
+  }
+  if (r >= 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+    st->dsend = fd_state::send_state::partial;
+    st->dsend_done = r > 0 ? static_cast<std::size_t>(r) : 0;
+    st->may_write = false;
+  } else {
+    st->dsend = fd_state::send_state::failed;
+    st->dsend_errno = errno;
+  }
+  if (st->reader) detail::wake_now(*st->reader);
+}
+
+// The rest of `iov` after its first `done` bytes, into `out` (at least iovcnt entries).
+int skip_bytes(const iovec* iov, int iovcnt, std::size_t done, iovec* out) {
+  int n = 0;
+  for (int i = 0; i < iovcnt; ++i) {
+    if (done >= iov[i].iov_len) {
+      done -= iov[i].iov_len;
+      continue;
+    }
+    out[n].iov_base = static_cast<char*>(iov[i].iov_base) + done;
+    out[n].iov_len = iov[i].iov_len - done;
+    done = 0;
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+// write_all_read_some on a readiness backend, when the answer cannot be there yet (the last
+// read drained the socket and no edge came since): the send is handed to the loop, which makes
+// it at the end of the iteration together with every other connection's, and the fiber waits
+// for the answer's edge at once. Sending a batch together matters on loopback and on busy
+// hosts: each send wakes the peer, and a peer woken once per batch stays awake for the rest of
+// it instead of being woken again for every message (io_uring batches the same way, by
+// submitting the iteration's sends in one io_uring_enter). Returns what read_some would.
+std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                        time_point deadline) {
+  static constexpr const char* what = "squall: write and read";
+  fd_state& st = *st_;
+  st.dsend = fd_state::send_state::queued;
+  st.dsend_iov = iov;
+  st.dsend_iovcnt = iovcnt;
+  st.deferred = flush_deferred_send;
+  detail::defer_io(*st.loop, &st);
+  waiter w;
+  w.what = what;
+  w.abandon = [](waiter& me) { detail::wake(me, me.abandon_reason); };
+  claim(st, &fd_state::reader, w);
+  std::error_code ec = detail::suspend(w, deadline);
+  unclaim(&fd_state::reader, w);
+  if (!w.data) fail(error::closed, what);  // closed by another fiber: the state is gone
+  fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);
+  switch (how) {
+    case fd_state::send_state::sent:
+      break;
+    case fd_state::send_state::failed:
+      fail_errno(st.dsend_errno, what);
+    case fd_state::send_state::queued:
+      // Woken before the loop got to it (an edge, a deadline, a cancellation): the send is
+      // still ours to make, and comes first. (The loop's entry finds `none` and does nothing.)
+      write_all(iov, iovcnt, deadline);
+      break;
+    case fd_state::send_state::partial:
+    case fd_state::send_state::none: {
+      iovec rest[max_exchange_iov];
+      int n = skip_bytes(iov, iovcnt, st.dsend_done, rest);
+      write_all(rest, n, deadline);
+      break;
+    }
+  }
+  if (ec) fail(ec, what);
+  return read_some(buf, len, deadline);
+}
+
 std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
                                           time_point deadline, std::error_code* send_error) {
   static constexpr const char* what = "squall: write and read";
   fd_state& st = state(st_, what);
-  constexpr int max_iov = 16;
-  if (!waits_on_ring(st) || iovcnt > max_iov) {
+  constexpr int max_iov = max_exchange_iov;
+  if (!waits_on_ring(st)) {
+    if (st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && iovcnt <= max_iov &&
+        iovcnt > 0)
+      return deferred_exchange(iov, iovcnt, buf, len, deadline);
+    write_all(iov, iovcnt, deadline);
+    return read_some(buf, len, deadline);
+  }
+  if (iovcnt > max_iov) {
     write_all(iov, iovcnt, deadline);
     return read_some(buf, len, deadline);
   }

@@ -50,6 +50,9 @@ struct fd_table {
   ready_event ready[max_ready];
   int ready_pos = 0;    // index being dispatched in `ready`
   int ready_count = 0;  // entries of `ready` in the batch being dispatched (0 outside dispatch)
+  // defer_io(): queued for the end of this iteration, and the batch being run (whose entries
+  // forget_io() clears like those of `ready`).
+  std::vector<io_completion*> deferred, deferring;
 
   fd_entry* find(int fd) noexcept {
     std::size_t c = static_cast<std::size_t>(fd) / chunk;
@@ -82,6 +85,13 @@ void forget_io(io_loop& loop, io_completion* io) noexcept {
   fd_table& t = *loop.fds_;
   for (int i = t.ready_pos + 1; i < t.ready_count; ++i)
     if (t.ready[i].io == io) t.ready[i] = ready_event{};
+  for (auto* v : {&t.deferred, &t.deferring})
+    for (io_completion*& d : *v)
+      if (d == io) d = nullptr;
+}
+
+void defer_io(io_loop& loop, io_completion* io) {
+  loop.fds_->deferred.push_back(io);
 }
 
 }  // namespace detail
@@ -266,7 +276,8 @@ void io_loop::stop() {
 }
 
 duration io_loop::compute_wait(duration max_wait) {
-  if (stop_requested_ || !queues_[adding_].empty()) return duration::zero();
+  if (stop_requested_ || !queues_[adding_].empty() || !fds_->deferred.empty())
+    return duration::zero();
   if (timers_->empty()) return max_wait;
   std::int64_t until = timers_->earliest() - ns(now());
   if (until <= 0) return duration::zero();
@@ -302,6 +313,19 @@ void io_loop::iterate(duration max_wait) {
     run_timers(now());
   }
   run_callbacks();
+  if (!fds_->deferred.empty()) run_deferred();
+}
+
+// What defer_io() queued this iteration. What those calls queue in turn (a fiber they resumed
+// wrote again) runs in further rounds; past the last, at the end of the next iteration, which
+// then does not block.
+void io_loop::run_deferred() {
+  for (int round = 0; round < 16 && !fds_->deferred.empty(); ++round) {
+    std::swap(fds_->deferred, fds_->deferring);
+    for (std::size_t i = 0; i < fds_->deferring.size(); ++i)
+      if (detail::io_completion* io = fds_->deferring[i]) io->deferred(io);
+    fds_->deferring.clear();
+  }
 }
 
 void io_loop::run_ready_events(int n) {
@@ -659,7 +683,7 @@ int io_loop::backend_fd() {
 }
 
 int io_loop::backend_timeout_ms() const {
-  if (stop_requested_ || !queues_[adding_].empty() ||
+  if (stop_requested_ || !queues_[adding_].empty() || !fds_->deferred.empty() ||
       remote_pending_.load(std::memory_order_acquire))
     return 0;
   if (timers_->empty()) return -1;

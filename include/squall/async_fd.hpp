@@ -57,7 +57,10 @@ class async_fd {
 
   // write_all(iov) then read_some(buf, len), as one step: the request/response turn of a
   // protocol. On io_uring the send and the receive go to the kernel together, in one
-  // io_uring_enter, and the fiber suspends once; elsewhere it is the two calls. Returns what
+  // io_uring_enter, and the fiber suspends once. On epoll and kqueue, when the socket has no
+  // unread data, the send is made by the loop at the end of its iteration, together with the
+  // other connections' sends of that iteration, while the fiber already waits for the answer;
+  // otherwise it is the two calls. Either way the send is complete when this returns. Returns what
   // read_some returns. If the send fails or is cut short (deadline, cancel) after the receive
   // already got bytes, those bytes are not dropped: with `send_error` given they are returned
   // and the send's error is stored there; without it the call throws.
@@ -82,6 +85,9 @@ class async_fd {
   void wait_writable(time_point deadline = time_point::max());
 
  private:
+  static constexpr int max_exchange_iov = 16;
+  std::size_t deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                time_point deadline);
   std::unique_ptr<detail::fd_state> st_;
 };
 

@@ -44,6 +44,7 @@ struct signal_slot;
 struct io_completion;
 backend& backend_of(io_loop& loop) noexcept;
 void forget_io(io_loop& loop, io_completion* io) noexcept;
+void defer_io(io_loop& loop, io_completion* io);
 
 // The calling thread's id for the loop's thread checks: never reused, 0 until first asked.
 // Inline with initial-exec TLS, because add_callback reads it on every call.
@@ -265,6 +266,7 @@ class io_loop {
   friend class timer_handle;
   friend detail::backend& detail::backend_of(io_loop& loop) noexcept;
   friend void detail::forget_io(io_loop& loop, detail::io_completion* io) noexcept;
+  friend void detail::defer_io(io_loop& loop, detail::io_completion* io);
   struct queued_callback {
     template <class F>
     queued_callback(F&& f, std::source_location w) : fn(std::forward<F>(f)), where(w) {}
@@ -277,6 +279,7 @@ class io_loop {
   void run_ready_events(int n);
   void run_timers(time_point iteration_now);
   void run_callbacks();
+  void run_deferred();
   void take_remote();
   void drain_wakeups();
   void process_signals();

@@ -27,7 +27,14 @@ struct io_completion {
   // Optional: starts loading (prefetching) what complete() will touch. The loop calls it for
   // the next event of a batch while it dispatches the current one.
   void (*warm)(const io_completion* self) noexcept = nullptr;
+  // Set by whoever calls defer_io(): the loop runs it at the end of the iteration.
+  void (*deferred)(io_completion* self) noexcept = nullptr;
 };
+
+// Runs io->deferred(io) at the end of the loop's current iteration, after its callbacks and
+// before it polls again (readiness backends send the iteration's writes together there, as
+// io_uring submits them together). forget_io() takes it back.
+void defer_io(io_loop& loop, io_completion* io);
 
 // Prefetches what resuming a fiber suspended at `p` (a record on its stack) will touch: from
 // `below` bytes under `p` up to the end of p's page. Stacks grow down from a page-aligned top,
