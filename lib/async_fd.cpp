@@ -457,7 +457,18 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
   w.what = what;
   w.abandon = [](waiter& me) { detail::wake(me, me.abandon_reason); };
   claim(st, &fd_state::reader, w);
-  std::error_code ec = detail::suspend(w, deadline);
+  std::error_code ec;
+  try {
+    ec = detail::suspend(w, deadline);
+  } catch (...) {
+    // fiber_unwind (loop shutdown): the caller's vector is about to go; the loop must not send
+    // from it.
+    if (w.data) {
+      unclaim(&fd_state::reader, w);
+      st.dsend = fd_state::send_state::none;
+    }
+    throw;
+  }
   unclaim(&fd_state::reader, w);
   if (!w.data) fail(error::closed, what);  // closed by another fiber: the state is gone
   fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);

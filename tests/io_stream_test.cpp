@@ -661,3 +661,41 @@ TEST_CASE("write_all_read_some: the fd closed by another fiber while the send is
     }
   });
 }
+
+TEST_CASE("write_all_read_some: loop shutdown with a deferred send leaves nothing behind") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  REQUIRE(::write(sv[1], "ok", 2) == 2);  // the first read comes up short: the socket drains
+  int attempts = 0;
+  {
+    io_loop loop;
+    auto cfg = squall::get_fiber_config(loop);
+    cfg.max_pooled_stacks = 0;  // a finished fiber's stack is unmapped at once
+    squall::set_fiber_config(loop, cfg);
+    spawn(loop, [fd0 = sv[0], &attempts] {
+      squall::async_fd fd(this_fiber::loop(), fd0);
+      char buf[64];
+      CHECK(fd.read_some(buf, sizeof buf) == 2);
+      for (;;) {  // swallows cancellation: shutdown has to unwind it
+        std::string req = "request " + std::to_string(attempts);
+        try {
+          ++attempts;
+          exchange(fd, req, time_point::max());
+        } catch (const std::system_error&) {
+        }
+      }
+    }).detach();
+    for (int i = 0; i < 3; ++i)
+      loop.run_once(5ms);
+  }  // the loop's queued sends must not read the unwound frames, nor wake a dead waiter
+  CHECK(attempts >= 1);
+  // What the peer got is whole requests, nothing from a dead frame.
+  char buf[4096];
+  ssize_t n = ::recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+  std::string got(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+  std::string want;
+  for (int i = 0; want.size() < got.size(); ++i)
+    want += "request " + std::to_string(i);
+  CHECK(got == want.substr(0, got.size()));
+  ::close(sv[1]);
+}
