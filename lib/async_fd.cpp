@@ -98,6 +98,15 @@ void unclaim(slot_ptr slot, waiter& w) {
     if (st->*slot == &w) st->*slot = nullptr;
 }
 
+// Unclaims when the wait's frame goes, however it goes: loop shutdown throws fiber_unwind out
+// of suspend(), and a slot left pointing at the unwound waiter would be woken (or abandoned by
+// a later close) through a dead frame.
+struct claim_guard {
+  slot_ptr slot;
+  waiter& w;
+  ~claim_guard() { unclaim(slot, w); }
+};
+
 // --- Readiness backends ------------------------------------------------------------------------
 
 // Edge-triggered reports for a registered fd: wake whoever waits in that direction.
@@ -141,8 +150,8 @@ void wait_edge(fd_state& st, slot_ptr slot, const char* what, time_point deadlin
   w.what = what;
   w.abandon = [](waiter& me) { detail::wake(me, me.abandon_reason); };
   claim(st, slot, w);
+  claim_guard guard{slot, w};
   std::error_code ec = detail::suspend(w, deadline);
-  unclaim(slot, w);
   if (ec) fail(ec, what);
 }
 
@@ -222,9 +231,12 @@ int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
     unclaim(slot, op);
     fail_errno(-r, what);
   }
-  std::error_code ec = detail::suspend(op, deadline);
-  if (still_open) *still_open = op.data != nullptr;
-  unclaim(slot, op);
+  std::error_code ec;
+  {
+    claim_guard guard{slot, op};
+    ec = detail::suspend(op, deadline);
+    if (still_open) *still_open = op.data != nullptr;
+  }
   // A result that arrived despite a cancel (it finished first) is kept: the data is real.
   if (op.res >= 0) return op.res;
   if (ec) fail(ec, what);
