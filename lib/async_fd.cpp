@@ -463,6 +463,7 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
   st.dsend = fd_state::send_state::queued;
   st.dsend_iov = iov;
   st.dsend_iovcnt = iovcnt;
+  st.dsend_done = 0;
   st.deferred = flush_deferred_send;
   detail::defer_io(*st.loop, &st);
   waiter w;
@@ -484,23 +485,23 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
   unclaim(&fd_state::reader, w);
   if (!w.data) fail(error::closed, what);  // closed by another fiber: the state is gone
   fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);
-  switch (how) {
-    case fd_state::send_state::sent:
-      break;
-    case fd_state::send_state::failed:
-      fail_errno(st.dsend_errno, what);
-    case fd_state::send_state::queued:
-      // Woken before the loop got to it (an edge, a deadline, a cancellation): the send is
-      // still ours to make, and comes first. (The loop's entry finds `none` and does nothing.)
-      write_all(iov, iovcnt, deadline);
-      break;
-    case fd_state::send_state::partial:
-    case fd_state::send_state::none: {
-      iovec rest[max_exchange_iov];
-      int n = skip_bytes(iov, iovcnt, st.dsend_done, rest);
-      write_all(rest, n, deadline);
-      break;
+  if (how == fd_state::send_state::failed) fail_errno(st.dsend_errno, what);
+  if (how != fd_state::send_state::sent) {
+    // Not (all) sent by the loop: woken before its turn (an edge, a deadline, a cancel), or the
+    // socket buffer was full. The rest is still ours to send, and comes first. (The loop's
+    // entry, if still queued, finds `none` and does nothing.)
+    iovec rest[max_exchange_iov];
+    int n = skip_bytes(iov, iovcnt, how == fd_state::send_state::partial ? st.dsend_done : 0, rest);
+    if (ec) {
+      // The wait already ended (and used up a cancel): one attempt that does not wait, then
+      // the wait's error, as a cancelled write_all would have ended.
+      msghdr msg{};
+      msg.msg_iov = rest;
+      msg.msg_iovlen = static_cast<std::size_t>(n);
+      (void)::sendmsg(st.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      fail(ec, what);
     }
+    write_all(rest, n, deadline);
   }
   if (ec) fail(ec, what);
   return read_some(buf, len, deadline);
@@ -512,8 +513,8 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
   fd_state& st = state(st_, what);
   constexpr int max_iov = max_exchange_iov;
   if (!waits_on_ring(st)) {
-    if (st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && iovcnt <= max_iov &&
-        iovcnt > 0)
+    if (st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && !st.writer &&
+        iovcnt <= max_iov && iovcnt > 0)
       return deferred_exchange(iov, iovcnt, buf, len, deadline);
     write_all(iov, iovcnt, deadline);
     return read_some(buf, len, deadline);
@@ -628,6 +629,10 @@ std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadli
     return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
+  // Another fiber's send, queued for the end of the iteration, was asked for first: it goes
+  // first. (Writers that share one async_fd must still take turns themselves, as with any send
+  // that has to wait; io_stream does.)
+  if (st.dsend == fd_state::send_state::queued) flush_deferred_send(&st);
   std::size_t want = 0;
   for (int i = 0; i < iovcnt; ++i)
     want += iov[i].iov_len;

@@ -306,6 +306,7 @@ void on_deadline_timer(fiber_record* f) {
 void arm_deadline(fiber_record* f, time_point at) {
   if (f->timer_at <= at) return;
   f->deadline_timer.cancel();
+  f->timer_at = time_point::max();  // in case call_at throws: not armed
   f->deadline_timer = f->loop->call_at(at, [f] { on_deadline_timer(f); });
   f->timer_at = at;
 }
@@ -326,9 +327,10 @@ std::error_code suspend(waiter& w, time_point deadline) {
   }
   // An abandon above may complete later (io_uring waits for the kernel), so still suspend.
   if (!w.woken) {
+    // Armed first: if call_at throws (bad_alloc), no record points at this waiter.
+    if (eff != time_point::max() && !w.abandoning) arm_deadline(f, eff);
     f->waiting = &w;
     f->wait_deadline = eff;
-    if (eff != time_point::max() && !w.abandoning) arm_deadline(f, eff);
     while (!w.woken)
       switch_out(f);
     f->waiting = nullptr;
