@@ -396,9 +396,23 @@ struct duplex {
   static void abandon(waiter& w) { static_cast<wait&>(w).d->cancel_busy(); }
 };
 
-}  // namespace
+std::size_t iov_bytes(const iovec* iov, int iovcnt) noexcept {
+  std::size_t n = 0;
+  for (int i = 0; i < iovcnt; ++i)
+    n += iov[i].iov_len;
+  return n;
+}
 
-namespace {
+ssize_t send_iov(int fd, const iovec* iov, int iovcnt, int flags) noexcept {
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov);
+  msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
+  ssize_t r;
+  do
+    r = ::sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
 
 // The end of the loop's iteration: send what deferred_exchange() queued. A send that does not
 // go out whole (a full socket buffer) or fails wakes the fiber, which finishes it or reports
@@ -406,17 +420,8 @@ namespace {
 void flush_deferred_send(detail::io_completion* c) noexcept {
   auto* st = static_cast<fd_state*>(c);
   if (st->dsend != fd_state::send_state::queued) return;
-  msghdr msg{};
-  msg.msg_iov = const_cast<iovec*>(st->dsend_iov);
-  msg.msg_iovlen = static_cast<std::size_t>(st->dsend_iovcnt);
-  std::size_t want = 0;
-  for (int i = 0; i < st->dsend_iovcnt; ++i)
-    want += st->dsend_iov[i].iov_len;
-  ssize_t r;
-  do
-    r = ::sendmsg(st->fd, &msg, MSG_NOSIGNAL);
-  while (r < 0 && errno == EINTR);
-  if (r >= 0 && static_cast<std::size_t>(r) == want) {
+  ssize_t r = send_iov(st->fd, st->dsend_iov, st->dsend_iovcnt, 0);
+  if (r >= 0 && static_cast<std::size_t>(r) == iov_bytes(st->dsend_iov, st->dsend_iovcnt)) {
     st->dsend = fd_state::send_state::sent;
     return;
   }
@@ -471,18 +476,17 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
   w.abandon = [](waiter& me) { detail::wake(me, me.abandon_reason); };
   claim(st, &fd_state::reader, w);
   std::error_code ec;
-  try {
-    ec = detail::suspend(w, deadline);
-  } catch (...) {
-    // fiber_unwind (loop shutdown): the caller's vector is about to go; the loop must not send
-    // from it.
-    if (w.data) {
-      unclaim(&fd_state::reader, w);
-      st.dsend = fd_state::send_state::none;
+  {
+    claim_guard guard{&fd_state::reader, w};
+    try {
+      ec = detail::suspend(w, deadline);
+    } catch (...) {
+      // fiber_unwind (loop shutdown): the caller's vector is about to go; the loop must not
+      // send from it.
+      if (w.data) st.dsend = fd_state::send_state::none;
+      throw;
     }
-    throw;
   }
-  unclaim(&fd_state::reader, w);
   if (!w.data) fail(error::closed, what);  // closed by another fiber: the state is gone
   fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);
   if (how == fd_state::send_state::failed) fail_errno(st.dsend_errno, what);
@@ -495,10 +499,7 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
     if (ec) {
       // The wait already ended (and used up a cancel): one attempt that does not wait, then
       // the wait's error, as a cancelled write_all would have ended.
-      msghdr msg{};
-      msg.msg_iov = rest;
-      msg.msg_iovlen = static_cast<std::size_t>(n);
-      (void)::sendmsg(st.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      (void)send_iov(st.fd, rest, n, MSG_DONTWAIT);
       fail(ec, what);
     }
     write_all(rest, n, deadline);
@@ -512,14 +513,11 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
   static constexpr const char* what = "squall: write and read";
   fd_state& st = state(st_, what);
   constexpr int max_iov = max_exchange_iov;
-  if (!waits_on_ring(st)) {
-    if (st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && !st.writer &&
-        iovcnt <= max_iov && iovcnt > 0)
-      return deferred_exchange(iov, iovcnt, buf, len, deadline);
-    write_all(iov, iovcnt, deadline);
-    return read_some(buf, len, deadline);
-  }
-  if (iovcnt > max_iov) {
+  bool ring = waits_on_ring(st);
+  if (!ring && st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && !st.writer &&
+      iovcnt <= max_iov && iovcnt > 0)
+    return deferred_exchange(iov, iovcnt, buf, len, deadline);
+  if (!ring || iovcnt > max_iov) {
     write_all(iov, iovcnt, deadline);
     return read_some(buf, len, deadline);
   }
@@ -633,10 +631,7 @@ std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadli
   // first. (Writers that share one async_fd must still take turns themselves, as with any send
   // that has to wait; io_stream does.)
   if (st.dsend == fd_state::send_state::queued) flush_deferred_send(&st);
-  std::size_t want = 0;
-  for (int i = 0; i < iovcnt; ++i)
-    want += iov[i].iov_len;
-  return readiness_op(st, &fd_state::writer, what, deadline, want, [&] {
+  return readiness_op(st, &fd_state::writer, what, deadline, iov_bytes(iov, iovcnt), [&] {
     return st.socket ? ::sendmsg(st.fd, &msg, MSG_NOSIGNAL) : ::writev(st.fd, iov, iovcnt);
   });
 }

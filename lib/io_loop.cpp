@@ -275,9 +275,13 @@ void io_loop::stop() {
   stop_requested_ = true;
 }
 
+// Work the next iteration has to do at once: the backend wait must not block.
+bool io_loop::work_pending() const noexcept {
+  return stop_requested_ || !queues_[adding_].empty() || !fds_->deferred.empty();
+}
+
 duration io_loop::compute_wait(duration max_wait) {
-  if (stop_requested_ || !queues_[adding_].empty() || !fds_->deferred.empty())
-    return duration::zero();
+  if (work_pending()) return duration::zero();
   if (timers_->empty()) return max_wait;
   std::int64_t until = timers_->earliest() - ns(now());
   if (until <= 0) return duration::zero();
@@ -683,9 +687,7 @@ int io_loop::backend_fd() {
 }
 
 int io_loop::backend_timeout_ms() const {
-  if (stop_requested_ || !queues_[adding_].empty() || !fds_->deferred.empty() ||
-      remote_pending_.load(std::memory_order_acquire))
-    return 0;
+  if (work_pending() || remote_pending_.load(std::memory_order_acquire)) return 0;
   if (timers_->empty()) return -1;
   std::int64_t until = timers_->earliest() - ns(now());
   if (until <= 0) return 0;

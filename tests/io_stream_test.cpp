@@ -38,6 +38,14 @@ struct stream_pair {
   }
 };
 
+// A finished fiber's stack is unmapped at once, so that a touch of it after the fiber is gone
+// faults instead of landing in a pooled stack.
+void unpool_stacks(io_loop& loop) {
+  auto cfg = squall::get_fiber_config(loop);
+  cfg.max_pooled_stacks = 0;
+  squall::set_fiber_config(loop, cfg);
+}
+
 }  // namespace
 
 TEST_CASE("round trip over TCP: write, flush, read_exactly") {
@@ -458,9 +466,7 @@ TEST_CASE("loop shutdown unwinds a fiber mid send-and-receive only after both ar
   int attempts = 0;
   {
     io_loop loop;
-    auto cfg = squall::get_fiber_config(loop);
-    cfg.max_pooled_stacks = 0;  // a finished fiber's stack is unmapped at once
-    squall::set_fiber_config(loop, cfg);
+    unpool_stacks(loop);
     spawn(loop, [fd0 = sv[0], &attempts] {
       squall::async_fd fd(this_fiber::loop(), fd0);
       std::vector<char> big(8 << 20, 'x');
@@ -669,9 +675,7 @@ TEST_CASE("write_all_read_some: loop shutdown with a deferred send leaves nothin
   int attempts = 0;
   {
     io_loop loop;
-    auto cfg = squall::get_fiber_config(loop);
-    cfg.max_pooled_stacks = 0;  // a finished fiber's stack is unmapped at once
-    squall::set_fiber_config(loop, cfg);
+    unpool_stacks(loop);
     spawn(loop, [fd0 = sv[0], &attempts] {
       squall::async_fd fd(this_fiber::loop(), fd0);
       char buf[64];

@@ -275,6 +275,7 @@ class io_loop {
   };
 
   void iterate(duration max_wait);
+  bool work_pending() const noexcept;
   duration compute_wait(duration max_wait);
   void run_ready_events(int n);
   void run_timers(time_point iteration_now);
