@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // A client process for tcp_test: opens N connections to HOST:PORT at once (one fiber each),
-// does one echo round trip on each, says "all open" once every connection has, holds them all
-// open for a moment, then closes them and prints "N connections ok". Exit status 1 on any
-// failure.
+// does one echo round trip on each ("ping TOKEN I"), says "all open" once every connection has,
+// holds them all open for a moment, then closes them and prints "N connections ok". Exit status
+// 1 on any failure. TOKEN (argv[4]) lets the server tell these connections from strays.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -11,7 +11,8 @@
 #include "squall/tcp_client.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 4) return 2;
+  if (argc != 5) return 2;
+  std::string token = argv[4];
   squall::address to = squall::address::ip(argv[1], static_cast<std::uint16_t>(std::atoi(argv[2])));
   int n = std::atoi(argv[3]);
   squall::io_loop loop;
@@ -26,7 +27,7 @@ int main(int argc, char** argv) {
       try {
         squall::io_stream c =
             squall::tcp_connect(to, {.deadline = squall::clock::now() + std::chrono::seconds(60)});
-        std::string msg = "ping " + std::to_string(i) + "\n";
+        std::string msg = "ping " + token + " " + std::to_string(i) + "\n";
         c.write(msg);
         c.flush();
         if (c.read_until("\n", 64) != msg) throw std::runtime_error("bad echo");
