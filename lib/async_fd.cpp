@@ -56,6 +56,7 @@ struct fd_state final : io_completion {
   int dsend_iovcnt = 0;
   std::size_t dsend_done = 0;  // bytes the loop sent (partial)
   int dsend_errno = 0;         // failed
+  send_notice* dsend_notice = nullptr;  // told when the loop has sent it all
 };
 
 }  // namespace detail
@@ -380,14 +381,31 @@ struct duplex {
   wait* current = nullptr;  // the wait the fiber is in, if any
   detail::backend* be = nullptr;
   int fd = -1;
+  std::size_t send_left = 0;  // bytes of the send in flight
+  bool sent_all = false;
+  bool ending = false;        // ending early: every completion goes to the fiber
+  send_notice* notice = nullptr;
 
+  void all_sent() noexcept {
+    sent_all = true;
+    if (send_notice* n = std::exchange(notice, nullptr)) n->sent(n);
+  }
+  // A send that went out whole while the receive still waits is taken here, in the loop: the
+  // fiber sleeps on until its answer (one resume per exchange instead of two).
   static void on_complete(detail::io_completion* c, unsigned, int res, unsigned) {
     auto* o = static_cast<op*>(c);
+    duplex* d = o->d;
     o->res = res;
     o->busy = false;
-    if (wait* w = o->d->current) detail::wake_now(*w);
+    if (o == &d->send && d->recv.busy && !d->ending && res >= 0 &&
+        static_cast<std::size_t>(res) == d->send_left) {
+      d->all_sent();
+      return;
+    }
+    if (wait* w = d->current) detail::wake_now(*w);
   }
   void cancel_busy() {
+    ending = true;
     for (op* o : {&send, &recv})
       if (o->busy) be->submit_cancel(o);
   }
@@ -423,6 +441,7 @@ void flush_deferred_send(detail::io_completion* c) noexcept {
   ssize_t r = send_iov(st->fd, st->dsend_iov, st->dsend_iovcnt, 0);
   if (r >= 0 && static_cast<std::size_t>(r) == iov_bytes(st->dsend_iov, st->dsend_iovcnt)) {
     st->dsend = fd_state::send_state::sent;
+    if (send_notice* n = std::exchange(st->dsend_notice, nullptr)) n->sent(n);
     return;
   }
   if (r >= 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -462,13 +481,14 @@ int skip_bytes(const iovec* iov, int iovcnt, std::size_t done, iovec* out) {
 // it instead of being woken again for every message (io_uring batches the same way, by
 // submitting the iteration's sends in one io_uring_enter). Returns what read_some would.
 std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
-                                        time_point deadline) {
+                                        time_point deadline, send_notice* notice) {
   static constexpr const char* what = "squall: write and read";
   fd_state& st = *st_;
   st.dsend = fd_state::send_state::queued;
   st.dsend_iov = iov;
   st.dsend_iovcnt = iovcnt;
   st.dsend_done = 0;
+  st.dsend_notice = notice;
   st.deferred = flush_deferred_send;
   detail::defer_io(*st.loop, &st);
   waiter w;
@@ -483,12 +503,16 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
     } catch (...) {
       // fiber_unwind (loop shutdown): the caller's vector is about to go; the loop must not
       // send from it.
-      if (w.data) st.dsend = fd_state::send_state::none;
+      if (w.data) {
+        st.dsend = fd_state::send_state::none;
+        st.dsend_notice = nullptr;
+      }
       throw;
     }
   }
   if (!w.data) fail(error::closed, what);  // closed by another fiber: the state is gone
   fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);
+  st.dsend_notice = nullptr;
   if (how == fd_state::send_state::failed) fail_errno(st.dsend_errno, what);
   if (how != fd_state::send_state::sent) {
     // Not (all) sent by the loop: woken before its turn (an edge, a deadline, a cancel), or the
@@ -503,27 +527,31 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
       fail(ec, what);
     }
     write_all(rest, n, deadline);
+    if (notice) notice->sent(notice);
   }
   if (ec) fail(ec, what);
   return read_some(buf, len, deadline);
 }
 
 std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
-                                          time_point deadline, std::error_code* send_error) {
+                                          time_point deadline, std::error_code* send_error,
+                                          send_notice* notice) {
   static constexpr const char* what = "squall: write and read";
   fd_state& st = state(st_, what);
   constexpr int max_iov = max_exchange_iov;
   bool ring = waits_on_ring(st);
   if (!ring && st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && !st.writer &&
       iovcnt <= max_iov && iovcnt > 0)
-    return deferred_exchange(iov, iovcnt, buf, len, deadline);
+    return deferred_exchange(iov, iovcnt, buf, len, deadline, notice);
   if (!ring || iovcnt > max_iov) {
     write_all(iov, iovcnt, deadline);
+    if (notice) notice->sent(notice);
     return read_some(buf, len, deadline);
   }
   duplex d;
   d.be = st.be;
   d.fd = st.fd;
+  d.notice = notice;
   d.send.d = d.recv.d = &d;
   d.send.complete = d.recv.complete = duplex::on_complete;
   d.send.warm = d.recv.warm = warm_ring_op;
@@ -536,6 +564,7 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
   auto submit_send = [&] {
     msg.msg_iov = cur;
     msg.msg_iovlen = static_cast<std::size_t>(cur_n);
+    d.send_left = iov_bytes(cur, cur_n);
     int r = d.be->submit_sendmsg(d.fd, &msg, MSG_NOSIGNAL, &d.send);
     d.send.busy = r == 0;
     return r;
@@ -552,11 +581,10 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
   else
     d.recv.busy = true;
 
-  bool sent_all = false;
   bool closed = false;     // another fiber closed the fd: its state may be gone, do not touch it
   bool unwinding = false;  // fiber_unwind arrived; rethrown once nothing is in flight
   for (;;) {
-    if (!d.send.busy && !sent_all && !failed) {
+    if (!d.send.busy && !d.sent_all && !failed) {
       if (d.send.res < 0) {
         end_early(socket_error(-d.send.res));
       } else {
@@ -568,7 +596,7 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
           --cur_n;
         }
         if (cur_n == 0) {
-          sent_all = true;
+          d.all_sent();
         } else {
           cur->iov_base = static_cast<char*>(cur->iov_base) + done;
           cur->iov_len -= done;
@@ -607,8 +635,8 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
     // Data that arrived is returned, not lost. If the send did not finish, the caller hears of
     // it through `send_error` (io_stream makes it the answer to its next write); without one,
     // the received bytes are returned only if everything was sent.
-    if (d.recv.res > 0 && (sent_all || send_error)) {
-      if (!sent_all) *send_error = failed;
+    if (d.recv.res > 0 && (d.sent_all || send_error)) {
+      if (!d.sent_all) *send_error = failed;
       return static_cast<std::size_t>(d.recv.res);
     }
     fail(failed, what);
@@ -634,6 +662,23 @@ std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadli
   return readiness_op(st, &fd_state::writer, what, deadline, iov_bytes(iov, iovcnt), [&] {
     return st.socket ? ::sendmsg(st.fd, &msg, MSG_NOSIGNAL) : ::writev(st.fd, iov, iovcnt);
   });
+}
+
+long async_fd::try_write(const iovec* iov, int iovcnt) noexcept {
+  if (!st_ || st_->fd < 0) return -EBADF;
+  fd_state& st = *st_;
+  if (st.dsend == fd_state::send_state::queued) flush_deferred_send(&st);  // it was first
+  ssize_t r = st.socket ? send_iov(st.fd, iov, iovcnt, MSG_DONTWAIT) : ::writev(st.fd, iov, iovcnt);
+  if (r >= 0) {
+    if (static_cast<std::size_t>(r) < iov_bytes(iov, iovcnt)) st.may_write = false;
+    return r;
+  }
+  int e = errno;
+  if (e == EAGAIN || e == EWOULDBLOCK) {
+    st.may_write = false;
+    return -EAGAIN;
+  }
+  return -e;
 }
 
 std::size_t async_fd::write_some(const void* buf, std::size_t len, time_point deadline) {

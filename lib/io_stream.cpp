@@ -12,6 +12,7 @@
 #include <new>
 #include <string>
 
+#include "backend/backend.hpp"
 #include "squall/locks.hpp"
 #include "squall/log.hpp"
 
@@ -32,6 +33,20 @@ io_stream::io_stream(io_loop& loop, int fd, io_stream_options opts)
 
 io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), opts_(opts) {}
 
+struct io_stream::life {
+  condition send_done;   // a send from the write buffer ended (see sending_)
+  int calls = 0;         // calls of the stream in progress (suspended or running)
+  bool dead = false;     // the stream was destroyed meanwhile
+  char* rbuf = nullptr;  // buffers handed over by the destructor, freed with the last call
+  char* wbuf = nullptr;
+  // flush_later(): the loop's entry for the end of the iteration.
+  struct later_entry final : detail::io_completion {
+    io_stream* owner = nullptr;
+    io_loop* loop = nullptr;
+    bool queued = false;
+  } later;
+};
+
 io_stream::io_stream(io_stream&& o) noexcept
     : fd_(std::move(o.fd_)),
       opts_(o.opts_),
@@ -45,25 +60,21 @@ io_stream::io_stream(io_stream&& o) noexcept
       wcap_(std::exchange(o.wcap_, 0)),
       wlen_(std::exchange(o.wlen_, 0)),
       write_error_(std::exchange(o.write_error_, {})),
-      life_(std::exchange(o.life_, nullptr)) {}
-
-struct io_stream::life {
-  condition send_done;   // a send from the write buffer ended (see sending_)
-  int calls = 0;         // calls of the stream in progress (suspended or running)
-  bool dead = false;     // the stream was destroyed meanwhile
-  char* rbuf = nullptr;  // buffers handed over by the destructor, freed with the last call
-  char* wbuf = nullptr;
-};
+      life_(std::exchange(o.life_, nullptr)) {
+  if (life_) life_->later.owner = this;
+}
 
 // One call of the stream that may suspend. After any wait, `gone()` says whether the stream
 // still exists; if not, nothing of it may be touched.
 struct io_stream::call {
   life* l;
   explicit call(io_stream& s) : l(&s.get_life()) { ++l->calls; }
+  explicit call(life* lp) : l(lp) { ++l->calls; }
+  call(call&& o) noexcept : l(std::exchange(o.l, nullptr)) {}
   call(const call&) = delete;
   call& operator=(const call&) = delete;
   ~call() {
-    if (--l->calls == 0 && l->dead) {
+    if (l && --l->calls == 0 && l->dead) {
       std::free(l->rbuf);
       std::free(l->wbuf);
       delete l;
@@ -80,15 +91,24 @@ io_stream::life& io_stream::get_life() {
   return *life_;
 }
 
-struct io_stream::sending_scope {
+// A send from the write buffer, from start to end. A read that sends first ends it as soon as
+// its send is complete (the notice), not when its answer comes, which may take long: other
+// writers may go on meanwhile.
+struct io_stream::sending_scope final : send_notice {
   io_stream& s;
   call c;
-  explicit sending_scope(io_stream& st) : s(st), c(st) { s.sending_ = true; }
-  ~sending_scope() {
-    if (c.gone()) return;
+  bool ended = false;
+  explicit sending_scope(io_stream& st) : s(st), c(st) {
+    s.sending_ = true;
+    sent = [](send_notice* n) noexcept { static_cast<sending_scope*>(n)->end(); };
+  }
+  void end() noexcept {
+    if (ended || c.gone()) return;
+    ended = true;
     s.sending_ = false;
     c.l->send_done.notify_all();
   }
+  ~sending_scope() { end(); }
 };
 
 void io_stream::wait_not_sending(time_point deadline) {
@@ -109,6 +129,7 @@ io_stream& io_stream::operator=(io_stream&& o) noexcept {
 }
 
 io_stream::~io_stream() {
+  if (life_ && life_->later.queued) detail::forget_io(*life_->later.loop, &life_->later);
   // Fibers waiting on the fd end with error::closed; on io_uring the kernel may still hold a
   // buffer until their operations complete, so calls in progress get the buffers to free.
   fd_.close();
@@ -177,9 +198,9 @@ bool io_stream::fill(time_point deadline) {
     wlen_ = 0;  // sent or failed: either way the bytes are no longer ours to send
     std::error_code send_error;
     n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline),
-                                &send_error);
+                                &send_error, &sending);
     sending.c.check();
-    if (send_error) write_error_ = send_error;  // the bytes read are kept; the next write fails
+    if (send_error && !write_error_) write_error_ = send_error;  // the bytes read are kept; the next write fails
   } else {
     call c(*this);
     n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
@@ -325,17 +346,80 @@ void io_stream::flush(time_point deadline) {
   send_all(&v, 1, deadline);
 }
 
+// The end of the loop's iteration after flush_later(): what no read or flush has sent yet is
+// sent now, from the loop, without waiting. If the socket takes only part of it, a fiber sends
+// the rest (rare: the peer is slow to read).
+void io_stream::send_later() noexcept {
+  if (wlen_ == 0 || sending_ || write_error_ || !fd_.is_open()) return;
+  iovec v{wbuf_, wlen_};
+  long r = fd_.try_write(&v, 1);
+  if (r >= 0 && static_cast<std::size_t>(r) == wlen_) {
+    wlen_ = 0;
+    return;
+  }
+  if (r < 0 && r != -EAGAIN) {
+    write_error_ = socket_error(static_cast<int>(-r));
+    wlen_ = 0;
+    return;
+  }
+  if (r > 0) {
+    std::memmove(wbuf_, wbuf_ + r, wlen_ - static_cast<std::size_t>(r));
+    wlen_ -= static_cast<std::size_t>(r);
+  }
+  try {
+    // The fiber's call keeps `life` (and tells it whether the stream is still there) even if
+    // the fiber never gets to run.
+    spawn(fd_.loop(), [c = call(&get_life())] {
+      if (c.gone()) return;
+      io_stream& s = *c.l->later.owner;
+      try {
+        s.flush();
+      } catch (const std::system_error& e) {
+        if (!c.gone() && !s.write_error_) s.write_error_ = e.code();
+      }
+    });
+  } catch (const std::exception&) {
+    write_error_ = std::make_error_code(std::errc::not_enough_memory);  // no fiber, no sender
+    wlen_ = 0;
+  }
+}
+
+void io_stream::flush_later() {
+  if (wlen_ == 0 || write_error_ || !fd_.is_open()) return;
+  life& l = get_life();
+  if (l.later.queued) return;
+  l.later.owner = this;
+  l.later.loop = &fd_.loop();
+  l.later.queued = true;
+  l.later.deferred = [](detail::io_completion* c) noexcept {
+    auto* e = static_cast<life::later_entry*>(c);
+    e->queued = false;
+    e->owner->send_later();
+  };
+  detail::defer_io(*l.later.loop, &l.later);
+}
+
 // --- Connection --------------------------------------------------------------------------------
 
 void io_stream::close(std::string_view reason, time_point flush_deadline) {
   if (!fd_.is_open()) return;
   // If another fiber is sending right now (a read flushing first), that fiber owns the send:
   // waiting for it could take until the peer speaks. Closing ends its wait.
-  if (wlen_ > 0 && this_fiber::active() && !sending_ && !write_error_) {
-    try {
-      flush(flush_deadline);
-    } catch (const std::system_error&) {
-      // The peer is gone or slow; closing is what we were doing anyway.
+  if (wlen_ > 0 && !sending_ && !write_error_) {
+    // What the socket takes at once goes even with a deadline already past, or from outside a
+    // fiber; the rest waits for it (in a fiber) until `flush_deadline`.
+    iovec v{wbuf_, wlen_};
+    long r = fd_.try_write(&v, 1);
+    if (r > 0) {
+      std::memmove(wbuf_, wbuf_ + r, wlen_ - static_cast<std::size_t>(r));
+      wlen_ -= static_cast<std::size_t>(r);
+    }
+    if (wlen_ > 0 && (r >= 0 || r == -EAGAIN) && this_fiber::active()) {
+      try {
+        flush(flush_deadline);
+      } catch (const std::system_error&) {
+        // The peer is gone or slow; closing is what we were doing anyway.
+      }
     }
   }
   if (!reason.empty())

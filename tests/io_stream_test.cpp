@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "squall/locks.hpp"
 #include "squall/tcp_client.hpp"
 #include "squall/tcp_server.hpp"
 #include "test_util.hpp"
@@ -702,4 +703,121 @@ TEST_CASE("write_all_read_some: loop shutdown with a deferred send leaves nothin
     want += "request " + std::to_string(i);
   CHECK(got == want.substr(0, got.size()));
   ::close(sv[1]);
+}
+
+// --- flush_later(), and a flush-first read that lets other writers in once its send is done.
+
+TEST_CASE("flush_later: with no read after it, the loop sends the buffer at the iteration's end") {
+  io_loop loop;
+  stream_pair p(loop);
+  squall::event got;
+  auto writer = spawn(loop, [&] {
+    p.a.write("soon");
+    p.a.flush_later();
+    p.a.flush_later();  // once is enough; a second call adds nothing
+    CHECK(p.a.pending_write() == 4);
+    got.wait(io_loop::now() + 5s);  // not a read: nothing here sends it
+    CHECK(p.a.pending_write() == 0);
+  });
+  run_sync(loop, [&] {
+    CHECK(p.b.read_exactly(4, io_loop::now() + 5s) == "soon");
+    got.set();
+    writer.join();
+    // Sent once: the next bytes are the next write's.
+    p.a.write("next");
+    p.a.flush();
+    CHECK(p.b.read_exactly(4, io_loop::now() + 5s) == "next");
+  });
+}
+
+TEST_CASE("flush_later then a read: the read sends it with its wait, once") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    auto peer = spawn(loop, [&] {
+      CHECK(p.b.read_exactly(3, io_loop::now() + 5s) == "req");
+      p.b.write("ans");
+      p.b.flush();
+      CHECK(p.b.read_exactly(3, io_loop::now() + 5s) == "end");
+    });
+    p.a.write("req");
+    p.a.flush_later();
+    CHECK(p.a.read_exactly(3, io_loop::now() + 5s) == "ans");
+    p.a.write("end");
+    p.a.flush();
+    peer.join();
+  });
+}
+
+TEST_CASE("flush_later of more than the socket takes: a fiber sends the rest") {
+  io_loop loop;
+  squall::io_stream_options big;
+  big.write_high_water = 4 * 1024 * 1024;  // everything stays buffered until flushed
+  stream_pair p(loop, big);
+  std::string data;
+  for (int i = 0; data.size() < 1024 * 1024; ++i)
+    data += std::to_string(i) + ",";
+  squall::event got;
+  auto writer = spawn(loop, [&] {
+    for (std::size_t off = 0; off < data.size(); off += 8000)
+      p.a.write(std::string_view(data).substr(off, 8000));
+    p.a.flush_later();
+    got.wait(io_loop::now() + 10s);
+  });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(20ms);  // the loop's send fills the socket and leaves the rest
+    CHECK(p.a.pending_write() > 0);
+    CHECK(p.a.pending_write() < data.size());
+    CHECK(p.b.read_exactly(data.size(), io_loop::now() + 10s) == data);
+    got.set();
+    writer.join();
+    CHECK(p.a.pending_write() == 0);
+  });
+}
+
+TEST_CASE("flush_later to a peer that is gone: the next write reports it") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] {
+    p.b.close();
+    p.a.write("into the void");
+    p.a.flush_later();
+    this_fiber::sleep_for(5ms);  // the iteration ends; its send fails
+    CHECK(p.a.pending_write() == 0);
+    CHECK(code_of([&] { p.a.write("more"); }) == squall::error::reset);
+  });
+}
+
+TEST_CASE("a read that flushed first lets another fiber write as soon as its send is done") {
+  // The peer answers only once it has both writes. Were the second writer made to wait for the
+  // reader's receive (not just its send), neither would ever finish.
+  io_loop loop;
+  stream_pair p(loop);
+  auto reader = spawn(loop, [&] {
+    p.a.write("first;");
+    CHECK(p.a.read_exactly(4, io_loop::now() + 10s) == "done");
+  });
+  auto peer = spawn(loop, [&] {
+    CHECK(p.b.read_exactly(13, io_loop::now() + 10s) == "first;second;");
+    p.b.write("done");
+    p.b.flush();
+  });
+  run_sync(loop, [&] {
+    this_fiber::sleep_for(5ms);  // the reader has sent and waits for the answer
+    auto t0 = io_loop::now();
+    p.a.write("second;");
+    p.a.flush(io_loop::now() + 5s);
+    CHECK(io_loop::now() - t0 < 1s);
+    reader.join();
+    peer.join();
+  });
+}
+
+TEST_CASE("close() from outside a fiber still sends what the socket takes") {
+  io_loop loop;
+  stream_pair p(loop);
+  run_sync(loop, [&] { p.a.write("bye"); });
+  CHECK(p.a.pending_write() == 3);
+  p.a.close();  // not in a fiber: no waiting, but the socket has room
+  run_sync(loop, [&] { CHECK(p.b.read_until_close(100, io_loop::now() + 5s) == "bye"); });
 }

@@ -1271,6 +1271,39 @@ TEST_CASE("sending from another fiber while the first receives") {
   });
 }
 
+TEST_CASE("an answer leaves with the next receive, and does not hold back another fiber's send") {
+  // The answer is written and left to the reader's next receive, which sends it and waits for
+  // the peer; the peer says nothing more until it has both messages. A send from another fiber
+  // meanwhile must not wait for the receive to end (it would wait for the peer: a deadlock).
+  fixture f;
+  http::router r;
+  r.get("/quiet", [&](http::request& req, http::response& resp) {
+    auto c = ws::accept(req, resp);
+    auto m = c.receive();
+    REQUIRE(m);
+    c.send_text("answer to " + std::string(m->data));
+    auto other = spawn(f.loop, [&] {
+      this_fiber::sleep_for(50ms);
+      c.send_text("from another fiber");
+    });
+    while (c.receive()) {
+    }
+    other.join();
+  });
+  f.restart(std::move(r));
+  f.peer([&] {
+    raw_ws w(f.port, "/quiet");
+    w.send_frame(text, "go");
+    rframe a = w.next();
+    CHECK(a.op == text);
+    CHECK(a.payload == "answer to go");
+    rframe b = w.next();
+    CHECK(b.op == text);
+    CHECK(b.payload == "from another fiber");
+    CHECK(w.clean_close());
+  });
+}
+
 TEST_CASE("a sender blocked on a peer that vanishes: the handler ends, nothing dangles") {
   fixture f;
   bool sender_done = false;

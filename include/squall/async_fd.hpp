@@ -29,6 +29,13 @@ namespace detail {
 struct fd_state;
 }
 
+// Told by write_all_read_some() as soon as its send is complete, while the receive may still
+// be waiting: from then on the caller's send buffers are free (io_stream lets other writers
+// in). Called at most once, from the loop or from the calling fiber; must not throw.
+struct send_notice {
+  void (*sent)(send_notice* self) noexcept = nullptr;
+};
+
 class async_fd {
  public:
   async_fd() noexcept;
@@ -63,10 +70,17 @@ class async_fd {
   // otherwise it is the two calls. Either way the send is complete when this returns. Returns what
   // read_some returns. If the send fails or is cut short (deadline, cancel) after the receive
   // already got bytes, those bytes are not dropped: with `send_error` given they are returned
-  // and the send's error is stored there; without it the call throws.
+  // and the send's error is stored there; without it the call throws. `notice`, if given, hears
+  // when the send is complete (see send_notice). On io_uring a send that goes out whole does
+  // not resume the fiber: only the answer does.
   std::size_t write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
                                   time_point deadline = time_point::max(),
-                                  std::error_code* send_error = nullptr);
+                                  std::error_code* send_error = nullptr,
+                                  send_notice* notice = nullptr);
+  // Sends what the socket takes right now, without waiting; usable from the loop itself (no
+  // fiber needed). Returns the bytes sent, or -errno (-EAGAIN: the socket buffer is full).
+  // Must not race another send on the fd.
+  long try_write(const iovec* iov, int iovcnt) noexcept;
 
   // Accepts a connection on a listening socket: returns the new fd (non-blocking, close-on-exec)
   // and sets `peer` if given.
@@ -87,7 +101,7 @@ class async_fd {
  private:
   static constexpr int max_exchange_iov = 16;
   std::size_t deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
-                                time_point deadline);
+                                time_point deadline, send_notice* notice);
   std::unique_ptr<detail::fd_state> st_;
 };
 

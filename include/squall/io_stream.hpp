@@ -96,12 +96,20 @@ class io_stream {
   void write(std::span<const std::string_view> pieces, time_point deadline = time_point::max());
   // Sends everything buffered.
   void flush(time_point deadline = time_point::max());
+  // Sends everything buffered before the loop next waits for events, without waiting here:
+  // for an answer that should leave now but may just as well leave with the next read. If the
+  // fiber reads next (a request/response protocol), the read sends it with its own wait: one
+  // io_uring submission, or one batched send on epoll. Otherwise the loop sends it at the end
+  // of the iteration (and a fiber finishes it if the socket takes only part). A send that
+  // fails there is reported by the next write or flush. Must run on the stream's loop.
+  void flush_later();
   std::size_t pending_write() const noexcept { return wlen_; }
 
   // --- Connection ------------------------------------------------------------------------------
 
-  // Flushes (bounded by `deadline`, errors ignored) and closes. `reason` is logged at debug
-  // level. Idempotent. The destructor closes without flushing.
+  // Flushes and closes: what the socket takes at once is sent even past `flush_deadline` or
+  // outside a fiber, the rest (in a fiber) until `flush_deadline`; errors are ignored. `reason`
+  // is logged at debug level. Idempotent. The destructor closes without flushing.
   void close(std::string_view reason = {}, time_point flush_deadline = time_point::max());
   // Sends what is buffered, then shuts down the write side (the peer reads end of stream).
   void shutdown_write(time_point deadline = time_point::max());
@@ -117,6 +125,7 @@ class io_stream {
   void reserve_read(std::size_t extra);
   time_point wait_deadline(time_point deadline) const noexcept;
   void send_all(const iovec* iov, int n, time_point deadline);
+  void send_later() noexcept;  // flush_later()'s end of the iteration
 
   async_fd fd_;
   io_stream_options opts_;
@@ -128,9 +137,9 @@ class io_stream {
   // Write buffer: [wbuf_, wbuf_ + wlen_).
   char* wbuf_ = nullptr;
   std::size_t wcap_ = 0, wlen_ = 0;
-  // A send from the write buffer is in progress (a flush, or a read flushing first). Writers
-  // wait for it to end before they touch the buffer, so a reading fiber and a writing fiber can
-  // share the stream.
+  // A send from the write buffer is in progress (a flush, or a read flushing first: that one
+  // ends when the send is complete, before the answer). Writers wait for it to end before they
+  // touch the buffer, so a reading fiber and a writing fiber can share the stream.
   bool sending_ = false;  // waiters for the end of the send wait on life::send_done
   void wait_not_sending(time_point deadline);
   struct sending_scope;

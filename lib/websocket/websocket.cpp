@@ -4,8 +4,10 @@
 //
 // Shape of a connection. The reader (whoever calls receive(), or close() when nobody reads)
 // drives everything that arrives: it answers pings, takes the peer's close and ends the
-// connection. Senders take `write_mu` for each whole frame and flush it before letting go, so
-// the stream's write buffer never holds a half frame and a reader never sends for them. When the
+// connection. Senders take `write_mu` for each whole frame and write it whole before letting go,
+// so the stream's write buffer never holds a half frame. Control frames are flushed at once;
+// data frames leave with the reader's next receive or at the end of the loop's iteration
+// (io_stream::flush_later), so an echo's answer and its next wait are one step. When the
 // close handshake is over the connection "lingers" (shuts its write side down if it is the server,
 // then reads and drops until the peer's end of stream, at most until close_deadline) before
 // closing the socket: closing with unread bytes would make the kernel send a reset, which can
@@ -317,9 +319,13 @@ struct connection::state {
     finish();
   }
 
-  // Writes one whole frame and flushes it. The caller holds write_mu and has checked !finished.
-  // A client's payload is masked: in place if `own` (our buffer), else through `scratch`.
-  void write_frame(opcode op, std::string_view payload, bool rsv1, bool own, time_point deadline) {
+  // Writes one whole frame and flushes it, or with `later` leaves it to flush_later(): a data
+  // message goes out with the reader's next receive (an echo's answer and the wait for the next
+  // message are one step) or at the end of the loop's iteration, whichever comes first. The
+  // caller holds write_mu and has checked !finished. A client's payload is masked: in place if
+  // `own` (our buffer), else through `scratch`.
+  void write_frame(opcode op, std::string_view payload, bool rsv1, bool own, time_point deadline,
+                   bool later = false) {
     char head[14];
     if (side == role::server) {
       std::size_t n = write_frame_header(head, op, true, rsv1, payload.size());
@@ -349,7 +355,10 @@ struct connection::state {
         }
       }
     }
-    s->flush(deadline);
+    if (later)
+      s->flush_later();
+    else
+      s->flush(deadline);
   }
 
   // A data message from a sender. Throws error::closed once the connection is closing.
@@ -366,7 +375,7 @@ struct connection::state {
       rsv1 = true;
     }
     try {
-      write_frame(type, payload, rsv1, rsv1, time_point::max());
+      write_frame(type, payload, rsv1, rsv1, time_point::max(), true);
     } catch (...) {
       // A frame may have gone out in part: the stream is unusable.
       if (!finished) drop();
