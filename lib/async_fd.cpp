@@ -54,8 +54,8 @@ struct fd_state final : io_completion {
   send_state dsend = send_state::none;
   const iovec* dsend_iov = nullptr;
   int dsend_iovcnt = 0;
-  std::size_t dsend_done = 0;  // bytes the loop sent (partial)
-  int dsend_errno = 0;         // failed
+  std::size_t dsend_done = 0;           // bytes the loop sent (partial)
+  int dsend_errno = 0;                  // failed
   send_notice* dsend_notice = nullptr;  // told when the loop has sent it all
 };
 
@@ -383,7 +383,7 @@ struct duplex {
   int fd = -1;
   std::size_t send_left = 0;  // bytes of the send in flight
   bool sent_all = false;
-  bool ending = false;        // ending early: every completion goes to the fiber
+  bool ending = false;  // ending early: every completion goes to the fiber
   send_notice* notice = nullptr;
 
   void all_sent() noexcept {

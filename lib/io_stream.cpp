@@ -200,7 +200,8 @@ bool io_stream::fill(time_point deadline) {
     n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline),
                                 &send_error, &sending);
     sending.c.check();
-    if (send_error && !write_error_) write_error_ = send_error;  // the bytes read are kept; the next write fails
+    if (send_error && !write_error_)
+      write_error_ = send_error;  // the bytes read are kept; the next write fails
   } else {
     call c(*this);
     n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));

@@ -275,8 +275,8 @@ TEST_CASE("5,000 concurrent connections from another process" * doctest::timeout
   // is a stray from a suite running beside this one (a client retrying a port it had used, on
   // a machine whose ephemeral range covers ours): counted and shown, never taken for ours.
   const int n = 5000;
-  const std::string token = std::to_string(::getpid()) + "-" +
-                            std::to_string(io_loop::now().time_since_epoch().count());
+  const std::string token =
+      std::to_string(::getpid()) + "-" + std::to_string(io_loop::now().time_since_epoch().count());
   std::vector<char> seen(n, 0);
   int ours_open = 0, duplicates = 0;
   std::vector<std::string> strays;
