@@ -350,6 +350,15 @@ TEST_CASE("5,000 concurrent connections from another process" * doctest::timeout
   CHECK(open_when_told == n);
   // The server's own count covers ours and the strays (still open ones are not yet known).
   CHECK(server.accepted() >= static_cast<std::uint64_t>(n + static_cast<int>(strays.size())));
+  // End the strays' handlers while the state they write to lives: ~tcp_server only cancels
+  // them, and they would unwind into `strays` after it is gone.
+  bool shut = false;
+  squall::spawn(loop, [&] {
+    server.shutdown(io_loop::now());
+    shut = true;
+  });
+  CHECK(squall::test::run_until(
+      loop, [&] { return shut; }, 10s));
   if (!strays.empty()) {
     MESSAGE(strays.size() << " stray connection(s) from outside this test; the first: "
                           << strays.front());
