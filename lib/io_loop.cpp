@@ -326,8 +326,16 @@ void io_loop::iterate(duration max_wait) {
 void io_loop::run_deferred() {
   for (int round = 0; round < 16 && !fds_->deferred.empty(); ++round) {
     std::swap(fds_->deferred, fds_->deferring);
-    for (std::size_t i = 0; i < fds_->deferring.size(); ++i)
-      if (detail::io_completion* io = fds_->deferring[i]) io->deferred(io);
+    const std::size_t n = fds_->deferring.size();
+    detail::io_completion* const* q = fds_->deferring.data();
+    for (std::size_t i = 0; i < n; ++i) {
+      // As in run_ready_events(): a whole batch of connections ran since each entry was
+      // queued, so its record and its fiber's stack (where a deferred send's vector lies) are
+      // cold again. Measured on 1,000 keep-alive HTTP connections (docs/performance.md).
+      if (i + 2 < n && q[i + 2]) __builtin_prefetch(q[i + 2]);
+      if (i + 1 < n && q[i + 1] && q[i + 1]->warm) q[i + 1]->warm(q[i + 1]);
+      if (detail::io_completion* io = q[i]) io->deferred(io);
+    }
     fds_->deferring.clear();
   }
 }

@@ -165,7 +165,12 @@ class io_uring_backend final : public backend {
   int submit_sendmsg(int fd, const msghdr* msg, int flags, io_completion* op) noexcept override {
     io_uring_sqe* sqe = get_sqe();
     if (!sqe) return -EBUSY;
-    io_uring_prep_sendmsg(sqe, fd, msg, static_cast<unsigned>(flags));
+    // One buffer to a connected socket goes as a plain send: SENDMSG copies the msghdr and its
+    // iovec array in from user space first (as sendmsg() does; see send_iov in async_fd.cpp).
+    if (msg->msg_iovlen == 1 && !msg->msg_name && !msg->msg_control)
+      io_uring_prep_send(sqe, fd, msg->msg_iov[0].iov_base, msg->msg_iov[0].iov_len, flags);
+    else
+      io_uring_prep_sendmsg(sqe, fd, msg, static_cast<unsigned>(flags));
     io_uring_sqe_set_data(sqe, op);
     return 0;
   }
