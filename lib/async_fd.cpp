@@ -431,18 +431,13 @@ std::size_t iov_bytes(const iovec* iov, int iovcnt) noexcept {
 // space first, which costs about 0.25 us a call here (perf: copy_msghdr_from_user and
 // import_iovec, on a 147-byte HTTP response), a few percent of a small request's whole cost.
 ssize_t send_iov(int fd, const iovec* iov, int iovcnt, int flags) noexcept {
-  ssize_t r;
-  if (iovcnt == 1) {
-    do
-      r = ::send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | flags);
-    while (r < 0 && errno == EINTR);
-    return r;
-  }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov);
   msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
+  ssize_t r;
   do
-    r = ::sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
+    r = iovcnt == 1 ? ::send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | flags)
+                    : ::sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
   while (r < 0 && errno == EINTR);
   return r;
 }
@@ -663,13 +658,14 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
 std::size_t async_fd::write_some(const iovec* iov, int iovcnt, time_point deadline) {
   static constexpr const char* what = "squall: write";
   fd_state& st = state(st_, what);
-  msghdr msg{};
-  msg.msg_iov = const_cast<iovec*>(iov);
-  msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
-  if (waits_on_ring(st))
+  if (waits_on_ring(st)) {
+    msghdr msg{};
+    msg.msg_iov = const_cast<iovec*>(iov);
+    msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
     return static_cast<std::size_t>(ring_run(st, &fd_state::writer, what, deadline, [&](auto* op) {
       return st.be->submit_sendmsg(st.fd, &msg, MSG_NOSIGNAL, op);
     }));
+  }
   // Another fiber's send, queued for the end of the iteration, was asked for first: it goes
   // first. (Writers that share one async_fd must still take turns themselves, as with any send
   // that has to wait; io_stream does.)
