@@ -26,9 +26,10 @@
 namespace squall {
 namespace detail {
 
-struct fd_state final : io_completion {
-  io_loop* loop = nullptr;
-  backend* be = nullptr;
+// Two cache lines, aligned: every request on a connection touches both (the event, the
+// wait, the deferred send), and a 136-byte record at malloc's alignment spanned three. The
+// first line has what dispatching an event reads.
+struct alignas(64) fd_state final : io_completion {
   int fd = -1;
   bool ring = false;        // operations go on the io_uring ring
   bool socket = false;      // sockets use send/recv (MSG_NOSIGNAL); others read/write
@@ -42,22 +43,26 @@ struct fd_state final : io_completion {
   // The peer hung up or the socket has an error: sticky, because end of stream (or the error)
   // is reported by the next syscall without another edge.
   bool hup = false;
+  // A send deferred to the end of the loop iteration (see deferred_exchange()): how the loop's
+  // attempt went, the caller's vector, and what to tell when it is all sent.
+  enum class send_state : std::uint8_t { none, queued, sent, partial, failed };
+  send_state dsend = send_state::none;
   waiter* reader = nullptr;
   waiter* writer = nullptr;
+  int dsend_iovcnt = 0;
+  int dsend_errno = 0;  // failed
+  // Second line.
+  io_loop* loop = nullptr;
+  backend* be = nullptr;
   // For warm_readiness(): the fiber that last waited here and the buffer a waiting read will
   // fill, so that both are in the cache when the edge is dispatched.
   const void* last_fiber = nullptr;
   const void* read_buf = nullptr;
-  // A send deferred to the end of the loop iteration (see deferred_exchange()): the caller's
-  // vector, and how the loop's attempt went.
-  enum class send_state : std::uint8_t { none, queued, sent, partial, failed };
-  send_state dsend = send_state::none;
   const iovec* dsend_iov = nullptr;
-  int dsend_iovcnt = 0;
   std::size_t dsend_done = 0;           // bytes the loop sent (partial)
-  int dsend_errno = 0;                  // failed
   send_notice* dsend_notice = nullptr;  // told when the loop has sent it all
 };
+static_assert(sizeof(fd_state) == 128);
 
 }  // namespace detail
 

@@ -292,11 +292,11 @@ void arm_deadline(fiber_record* f, time_point at);
 void on_deadline_timer(fiber_record* f) {
   f->timer_at = time_point::max();
   waiter* w = f->waiting;
-  if (!w || w->woken || w->abandoning || f->wait_deadline == time_point::max()) return;
-  if (f->wait_deadline <= clock::now())
+  if (!w || w->woken || w->abandoning || w->deadline == time_point::max()) return;
+  if (w->deadline <= clock::now())
     abandon(*w, error::timed_out);
   else
-    arm_deadline(f, f->wait_deadline);
+    arm_deadline(f, w->deadline);
 }
 
 // Makes sure the fiber's timer fires no later than `at`. A timer already armed for earlier is
@@ -322,7 +322,9 @@ std::error_code suspend(waiter& w, time_point deadline) {
   } else if (f->cancel_requested) {
     f->cancel_requested = false;
     abandon(w, error::cancelled);
-  } else if (eff != time_point::max() && eff <= clock::now()) {
+  } else if (eff != time_point::max() && eff <= f->loop->time()) {
+    // The iteration's time, not the clock: a deadline that passed since is caught by the
+    // deadline timer instead, on the next iteration (it checks the clock itself).
     abandon(w, error::timed_out);
   }
   // An abandon above may complete later (io_uring waits for the kernel), so still suspend.
@@ -330,11 +332,10 @@ std::error_code suspend(waiter& w, time_point deadline) {
     // Armed first: if call_at throws (bad_alloc), no record points at this waiter.
     if (eff != time_point::max() && !w.abandoning) arm_deadline(f, eff);
     f->waiting = &w;
-    f->wait_deadline = eff;
+    w.deadline = eff;
     while (!w.woken)
       switch_out(f);
     f->waiting = nullptr;
-    f->wait_deadline = time_point::max();
   }
   if (f->unwinding) throw fiber_unwind{};
   return w.result;
@@ -480,9 +481,9 @@ std::string dump_fibers(io_loop& loop) {
     if (f->waiting) {
       s += std::string(" on ") + f->waiting->what;
       if (f->waiting->fd >= 0) s += " fd " + std::to_string(f->waiting->fd);
-      if (f->wait_deadline != time_point::max()) {
-        auto ms =
-            std::chrono::duration_cast<std::chrono::milliseconds>(f->wait_deadline - now).count();
+      if (f->waiting->deadline != time_point::max()) {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(f->waiting->deadline - now)
+                      .count();
         s += ", deadline in " + std::to_string(ms) + " ms";
       }
     } else if (f->started && f != detail::t_current) {

@@ -188,6 +188,13 @@ class io_loop {
   // The loop's clock (Tornado's IOLoop.time()).
   static time_point now() noexcept { return clock::now(); }
 
+  // The time the current iteration's poll returned, read once per iteration (libuv's
+  // uv_now()): no clock read, so hot paths use it for deadlines, such as a connection's idle
+  // and header timeouts. It lags now() by the time the iteration has run so far, so a deadline
+  // of time() + t can end a wait up to that lag before t has passed; use now() where that
+  // matters. Before the first iteration it is the loop's construction time. Loop thread only.
+  time_point time() const noexcept { return time_; }
+
   // --- fd handlers ---------------------------------------------------------------------------
 
   // Calls `handler(fd, events)` whenever `fd` is ready for any of `events` (read | write).
@@ -331,6 +338,7 @@ class io_loop {
   std::atomic<std::uintptr_t> running_thread_{0};  // the thread inside run()/run_once(), or 0
   bool running_ = false;
   bool stop_requested_ = false;
+  time_point time_ = clock::now();  // see time()
   bool destroying_ = false;
 };
 

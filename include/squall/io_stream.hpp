@@ -116,6 +116,8 @@ class io_stream {
   void set_nodelay(bool on);
   bool closed() const noexcept { return !fd_.is_open(); }
   int fd() const noexcept { return fd_.fd(); }
+  // The loop the stream runs on. Throws std::logic_error for a moved-from stream.
+  io_loop& loop() const { return fd_.loop(); }
   async_fd& handle() noexcept { return fd_; }
   const io_stream_options& options() const noexcept { return opts_; }
 

@@ -239,10 +239,11 @@ struct connection::state {
       deflater = std::make_unique<message_deflater>(*deflate, r, opts.compression_level);
       inflater = std::make_unique<message_inflater>(*deflate, r);
     }
-    last_heard = io_loop::now();
+    last_heard = loop->time();
   }
 
   io_stream* s;
+  io_loop* loop = &s->loop();
   std::unique_ptr<io_stream> owned;  // the client's stream (the server's belongs to the server)
   role side;
   options opts;
@@ -499,7 +500,7 @@ struct connection::state {
         parser_failed = true;
         return fail(ev.close ? ev.close : close_code::protocol_error, ev.what);
       case kind::header:
-        last_heard = io_loop::now();
+        last_heard = loop->time();  // the ping timer's granularity is far coarser than the lag
         ++frames_heard;
         heard.notify_all();
         frame_op = ev.op;
