@@ -330,13 +330,14 @@ namespace {
 // last used a whole batch ago: its fd state, its fiber's stack. Loading the record two entries
 // ahead, and what it points to one entry ahead, overlaps those misses with the current entry's
 // work (measured on 1,000 keep-alive HTTP connections, docs/performance.md).
-inline void warm_ahead(const detail::io_completion* two, const detail::io_completion* one) {
+inline void warm_ahead(const detail::io_completion* two, const detail::io_completion* one,
+                       bool for_deferred) {
   if (two) {
     // Both lines of an fd's state (async_fd.cpp): one->warm() reads the second.
     __builtin_prefetch(two);
     __builtin_prefetch(reinterpret_cast<const char*>(two) + 64);
   }
-  if (one && one->warm) one->warm(one);
+  if (one && one->warm) one->warm(one, for_deferred);
 }
 
 }  // namespace
@@ -352,7 +353,7 @@ void io_loop::run_deferred() {
     for (std::size_t i = 0; i < n; ++i) {
       // A whole batch of connections ran since each entry was queued: its record and its
       // fiber's stack (where a deferred send's vector lies) are cold again.
-      warm_ahead(i + 2 < n ? q[i + 2] : nullptr, i + 1 < n ? q[i + 1] : nullptr);
+      warm_ahead(i + 2 < n ? q[i + 2] : nullptr, i + 1 < n ? q[i + 1] : nullptr, true);
       if (detail::io_completion* io = q[i]) io->deferred(io);
     }
     fds_->deferring.clear();
@@ -365,7 +366,7 @@ void io_loop::run_ready_events(int n) {
   for (int i = 0; i < n; ++i) {
     fds_->ready_pos = i;
     const detail::ready_event& ev = ready[i];
-    warm_ahead(i + 2 < n ? ready[i + 2].io : nullptr, i + 1 < n ? ready[i + 1].io : nullptr);
+    warm_ahead(i + 2 < n ? ready[i + 2].io : nullptr, i + 1 < n ? ready[i + 1].io : nullptr, false);
     if (ev.io) {
       // Fiber I/O: readiness of a registered socket, or a finished io_uring operation.
       ev.io->complete(ev.io, ev.events, ev.res, ev.flags);

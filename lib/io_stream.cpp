@@ -90,7 +90,11 @@ struct io_stream::call {
 };
 
 io_stream::life& io_stream::get_life() {
-  if (!life_) life_ = new life;
+  if (!life_) {
+    life_ = new life;
+    // Every call checks `dead` after its wait: warm the record with the fd's next event.
+    fd_.set_warm_hint(life_);
+  }
   return *life_;
 }
 

@@ -54,6 +54,12 @@ class async_fd {
   // Unregisters and gives the fd back without closing it.
   int release() noexcept;
 
+  // Memory that the code waiting on this fd touches when it resumes, and that is not on the
+  // waiting fiber's stack (io_stream passes its per-call record). The loop prefetches it, with
+  // the fd's own state and the fiber's stack, one event ahead (docs/design.md, "Fibers").
+  // Only a hint: null, or memory that stays valid while the fd is open.
+  void set_warm_hint(const void* p) noexcept;
+
   // Reads up to `len` bytes; returns how many, 0 at end of stream.
   std::size_t read_some(void* buf, std::size_t len, time_point deadline = time_point::max());
   // Writes some of the buffers (at least one byte unless all are empty); returns how many bytes.

@@ -24,9 +24,10 @@ namespace squall::detail {
 // the operation's result or -errno, `flags` the CQE flags). Called on the loop's thread.
 struct io_completion {
   void (*complete)(io_completion* self, unsigned events, int res, unsigned flags) = nullptr;
-  // Optional: starts loading (prefetching) what complete() will touch. The loop calls it for
-  // the next event of a batch while it dispatches the current one.
-  void (*warm)(const io_completion* self) noexcept = nullptr;
+  // Optional: starts loading (prefetching) what the next call will touch: complete(), or with
+  // `for_deferred` set, deferred(). The loop calls it for the next entry of a batch while it
+  // runs the current one.
+  void (*warm)(const io_completion* self, bool for_deferred) noexcept = nullptr;
   // Set by whoever calls defer_io(): the loop runs it at the end of the iteration.
   void (*deferred)(io_completion* self) noexcept = nullptr;
 };

@@ -161,8 +161,8 @@ void check_field(std::string_view name, std::string_view value) {
   if (name.empty() || !std::all_of(name.begin(), name.end(),
                                    [](char c) { return is_tchar(static_cast<unsigned char>(c)); }))
     throw std::invalid_argument("squall: invalid header name");
-  for (char c : value)
-    if (c == '\r' || c == '\n' || c == '\0')
+  for (char c : value)  // one compare per byte in the common case: all three are <= '\r'
+    if (static_cast<unsigned char>(c) <= '\r' && (c == '\r' || c == '\n' || c == '\0'))
       throw std::invalid_argument("squall: header value with CR, LF or NUL");
 }
 
