@@ -115,6 +115,24 @@ TEST_CASE("call_later never fires before its delay has passed") {
   CHECK(fired_at - start >= 30ms);
 }
 
+TEST_CASE("time() is the iteration's poll time: behind now(), past the timer it runs") {
+  io_loop loop;
+  auto start = io_loop::now();
+  squall::time_point at_fire{}, after{};
+  bool same_in_iteration = false;
+  loop.call_later(20ms, [&] {
+    at_fire = loop.time();
+    after = io_loop::now();
+    std::this_thread::sleep_for(5ms);
+    same_in_iteration = loop.time() == at_fire;  // no clock read within the iteration
+    loop.stop();
+  });
+  loop.run();
+  CHECK(at_fire - start >= 20ms);  // read after the poll that slept until the timer was due
+  CHECK(at_fire <= after);
+  CHECK(same_in_iteration);
+}
+
 TEST_CASE("a timer cancelled from another timer's callback in the same iteration never fires") {
   io_loop loop;
   bool second_fired = false;
