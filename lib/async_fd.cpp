@@ -152,7 +152,7 @@ void warm_readiness(const detail::io_completion* c, bool for_deferred) noexcept 
   __builtin_prefetch(st->warm_hint);
   if (st->reader) {
     detail::prefetch_stack(st->reader, warm_below);
-    __builtin_prefetch(st->read_buf, 1);  // the recv() writes there
+    if (st->read_buf) __builtin_prefetch(st->read_buf, 1);  // the recv() writes there
   }
   if (st->writer) detail::prefetch_stack(st->writer, warm_below);
 }
@@ -175,12 +175,13 @@ void wait_edge(fd_state& st, slot_ptr slot, const char* what, time_point deadlin
 void wait_ring_poll(fd_state& st, slot_ptr slot, const char* what, time_point deadline);
 
 // Tries `sys()`; on EAGAIN waits for the next edge (or, for a non-socket fd on io_uring, a poll
-// operation) and tries again. `want` is how many bytes were asked for: a shorter result means
-// the kernel's buffer was drained (or filled), so the next call waits for the edge first. 0
-// means a result says nothing about the next call (accept, datagrams).
+// operation) and tries again. `want` is how many bytes were asked for (read after each `sys()`,
+// which may set it): a shorter result means the kernel's buffer was drained (or filled), so
+// the next call waits for the edge first. 0 means a result says nothing about the next call
+// (accept, datagrams).
 template <class Sys>
 std::size_t readiness_op(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
-                         std::size_t want, Sys sys) {
+                         const std::size_t& want, Sys sys) {
   bool& may = slot == &fd_state::reader ? st.may_read : st.may_write;
   for (;;) {
     if (may || st.hup || st.ring) {
@@ -319,6 +320,10 @@ void async_fd::set_warm_hint(const void* p) noexcept {
   if (st_) st_->warm_hint = p;
 }
 
+bool async_fd::reads_at_submit() const noexcept {
+  return st_ && waits_on_ring(*st_);
+}
+
 bool async_fd::is_open() const noexcept {
   return st_ && st_->fd >= 0;
 }
@@ -363,10 +368,35 @@ void async_fd::close() noexcept {
   if (fd >= 0) ::close(fd);
 }
 
+namespace {
+
+// A read_target for a buffer the caller already has.
+struct fixed_target final : read_target {
+  void* buf;
+  std::size_t len;
+  fixed_target(void* b, std::size_t n) : buf(b), len(n) {
+    hint = b;
+    get = [](read_target* t, std::size_t* n) {
+      auto* f = static_cast<fixed_target*>(t);
+      *n = f->len;
+      return f->buf;
+    };
+  }
+};
+
+}  // namespace
+
 std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline) {
+  fixed_target t(buf, len);
+  return read_some(t, deadline);
+}
+
+std::size_t async_fd::read_some(read_target& target, time_point deadline) {
   static constexpr const char* what = "squall: read";
   fd_state& st = state(st_, what);
+  std::size_t len = 0;
   if (waits_on_ring(st)) {
+    void* buf = target.get(&target, &len);
     // On the ring `may_read` only remembers whether the last receive filled its buffer: if
     // not, the socket was drained and this one will most likely find nothing yet.
     bool open = false;
@@ -376,8 +406,9 @@ std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline)
     if (open) st.may_read = n >= len;
     return n;
   }
-  st.read_buf = buf;
+  st.read_buf = target.hint;
   return readiness_op(st, &fd_state::reader, what, deadline, len, [&] {
+    void* buf = target.get(&target, &len);
     return st.socket ? ::recv(st.fd, buf, len, 0) : ::read(st.fd, buf, len);
   });
 }
@@ -504,7 +535,7 @@ int skip_bytes(const iovec* iov, int iovcnt, std::size_t done, iovec* out) {
 // hosts: each send wakes the peer, and a peer woken once per batch stays awake for the rest of
 // it instead of being woken again for every message (io_uring batches the same way, by
 // submitting the iteration's sends in one io_uring_enter). Returns what read_some would.
-std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, read_target& target,
                                         time_point deadline, send_notice* notice) {
   static constexpr const char* what = "squall: write and read";
   fd_state& st = *st_;
@@ -554,10 +585,17 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, void* buf,
     if (notice) notice->sent(notice);
   }
   if (ec) fail(ec, what);
-  return read_some(buf, len, deadline);
+  return read_some(target, deadline);
 }
 
 std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                          time_point deadline, std::error_code* send_error,
+                                          send_notice* notice) {
+  fixed_target t(buf, len);
+  return write_all_read_some(iov, iovcnt, t, deadline, send_error, notice);
+}
+
+std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_target& target,
                                           time_point deadline, std::error_code* send_error,
                                           send_notice* notice) {
   static constexpr const char* what = "squall: write and read";
@@ -566,12 +604,14 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* bu
   bool ring = waits_on_ring(st);
   if (!ring && st.socket && !st.may_read && !st.hup && st.may_write && !st.reader && !st.writer &&
       iovcnt <= max_iov && iovcnt > 0)
-    return deferred_exchange(iov, iovcnt, buf, len, deadline, notice);
+    return deferred_exchange(iov, iovcnt, target, deadline, notice);
   if (!ring || iovcnt > max_iov) {
     write_all(iov, iovcnt, deadline);
     if (notice) notice->sent(notice);
-    return read_some(buf, len, deadline);
+    return read_some(target, deadline);
   }
+  std::size_t len = 0;
+  void* buf = target.get(&target, &len);
   duplex d;
   d.be = st.be;
   d.fd = st.fd;

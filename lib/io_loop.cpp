@@ -15,6 +15,7 @@
 #include <string>
 
 #include "backend/backend.hpp"
+#include "buffer_pool.hpp"
 #include "signals.hpp"
 #include "squall/log.hpp"
 #include "timer_heap.hpp"
@@ -69,6 +70,10 @@ struct fd_table {
 
 backend& backend_of(io_loop& loop) noexcept {
   return *loop.backend_;
+}
+
+buffer_pool& buffer_pool_of(io_loop& loop) noexcept {
+  return *loop.buffers_;
 }
 
 // Thread ids come from a counter (a thread-local's address would be reused by a thread started
@@ -148,6 +153,7 @@ io_loop::io_loop(const options& opts)
       backend_(detail::make_backend(opts.backend)),
       timers_(std::make_unique<detail::timer_heap>()),
       fds_(std::make_unique<detail::fd_table>()),
+      buffers_(std::make_unique<detail::buffer_pool>(opts.free_buffers)),
       signals_(std::make_unique<detail::signal_slot>()) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) throw_errno(errno, "squall: eventfd for the loop's wake-up");

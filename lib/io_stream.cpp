@@ -13,6 +13,7 @@
 #include <string>
 
 #include "backend/backend.hpp"
+#include "buffer_pool.hpp"
 #include "squall/locks.hpp"
 #include "squall/log.hpp"
 
@@ -31,7 +32,13 @@ constexpr std::size_t direct_write = 16 * 1024;
 io_stream::io_stream(io_loop& loop, int fd, io_stream_options opts)
     : io_stream(async_fd(loop, fd), opts) {}
 
-io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), opts_(opts) {}
+io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), opts_(opts) {
+  if (opts_.lend_buffers && fd_.is_open()) pool_ = &detail::buffer_pool_of(fd_.loop());
+}
+
+namespace {
+constexpr std::size_t pool_block = detail::buffer_pool::block_size;
+}  // namespace
 
 // Aligned, with what every call touches (calls, dead, send_done) in its first cache line: a
 // connection's record is cold when its next request comes, and at malloc's alignment these
@@ -52,17 +59,18 @@ struct alignas(64) io_stream::life {
 
 io_stream::io_stream(io_stream&& o) noexcept
     : fd_(std::move(o.fd_)),
-      opts_(o.opts_),
       rbuf_(std::exchange(o.rbuf_, nullptr)),
-      rcap_(std::exchange(o.rcap_, 0)),
       rpos_(std::exchange(o.rpos_, 0)),
       rend_(std::exchange(o.rend_, 0)),
       rtake_(std::exchange(o.rtake_, 0)),
-      eof_(std::exchange(o.eof_, false)),
+      rcap_(std::exchange(o.rcap_, 0)),
       wbuf_(std::exchange(o.wbuf_, nullptr)),
-      wcap_(std::exchange(o.wcap_, 0)),
       wlen_(std::exchange(o.wlen_, 0)),
+      wcap_(std::exchange(o.wcap_, 0)),
+      pool_(std::exchange(o.pool_, nullptr)),
+      eof_(std::exchange(o.eof_, false)),
       write_error_(std::exchange(o.write_error_, {})),
+      opts_(o.opts_),
       life_(std::exchange(o.life_, nullptr)) {
   if (life_) life_->later.owner = this;
 }
@@ -113,6 +121,7 @@ struct io_stream::sending_scope final : send_notice {
     if (ended || c.gone()) return;
     ended = true;
     s.sending_ = false;
+    s.lend_back_write();  // sent: the kernel is done with the buffer
     c.l->send_done.notify_all();
   }
   ~sending_scope() { end(); }
@@ -147,8 +156,27 @@ io_stream::~io_stream() {
     life_->send_done.notify_all();  // waiting writers wake, see the stream gone, and leave
   } else {
     delete life_;
+    // A connection's buffers go to the next one warm.
+    wlen_ = 0;
+    lend_back_write();
+    rpos_ = rend_ = 0;
+    lend_back_read();
     std::free(rbuf_);
     std::free(wbuf_);
+  }
+}
+
+void io_stream::lend_back_read() noexcept {
+  if (pool_ && rbuf_ && rcap_ == pool_block && rpos_ == rend_) {
+    pool_->give(std::exchange(rbuf_, nullptr));
+    rcap_ = rpos_ = rend_ = rtake_ = 0;
+  }
+}
+
+void io_stream::lend_back_write() noexcept {
+  if (pool_ && wbuf_ && wcap_ == pool_block && wlen_ == 0 && !sending_) {
+    pool_->give(std::exchange(wbuf_, nullptr));
+    wcap_ = 0;
   }
 }
 
@@ -178,6 +206,12 @@ void io_stream::reserve_read(std::size_t extra) {
   std::size_t need = live + extra;
   if (need > opts_.max_buffer_size + opts_.read_chunk)
     fail(error::buffer_full, "squall: read buffer would pass max_buffer_size");
+  if (!rbuf_ && pool_ && need <= pool_block) {
+    rbuf_ = pool_->take();
+    rcap_ = pool_block;
+    rpos_ = rend_ = 0;
+    return;
+  }
   std::size_t cap = std::max<std::size_t>(rcap_ * 2, need);
   char* nb = static_cast<char*>(std::malloc(cap));
   if (!nb) throw std::bad_alloc();
@@ -189,11 +223,33 @@ void io_stream::reserve_read(std::size_t extra) {
   rend_ = live;
 }
 
+// The read buffer, when fill() is about to read: an empty one was given back to the pool
+// before the wait and is borrowed again only now.
+struct io_stream::read_room final : read_target {
+  io_stream& s;
+  std::size_t extra;
+  read_room(io_stream& st, std::size_t x) : s(st), extra(x) {
+    // A buffer borrowed when the bytes come is the pool's last returned one, warm already.
+    hint = s.rbuf_ ? s.rbuf_ + s.rend_ : nullptr;
+    get = [](read_target* t, std::size_t* len) -> void* {
+      auto* r = static_cast<read_room*>(t);
+      r->s.reserve_read(r->extra);
+      *len = r->s.rcap_ - r->s.rend_;
+      return r->s.rbuf_ + r->s.rend_;
+    };
+  }
+};
+
 bool io_stream::fill(time_point deadline) {
   if (eof_) return false;
   if (rend_ - rpos_ >= opts_.max_buffer_size)
     fail(error::buffer_full, "squall: read buffer reached max_buffer_size");
-  reserve_read(std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_)));
+  std::size_t extra = std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_));
+  // Empty: given back now and borrowed again when the bytes are there, unless the read takes
+  // its buffer when it is submitted (it would only go back and forth).
+  if (!fd_.reads_at_submit()) lend_back_read();
+  if (rbuf_) reserve_read(extra);  // not empty: whatever happens to the buffer happens now
+  read_room room(*this, extra);
   std::size_t n;
   if (wlen_ > 0 && !sending_ && !write_error_) {
     // About to wait for the peer: anything we owe it goes first (see the header), in one step
@@ -204,18 +260,18 @@ bool io_stream::fill(time_point deadline) {
     iovec out{wbuf_, wlen_};
     wlen_ = 0;  // sent or failed: either way the bytes are no longer ours to send
     std::error_code send_error;
-    n = fd_.write_all_read_some(&out, 1, rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline),
-                                &send_error, &sending);
+    n = fd_.write_all_read_some(&out, 1, room, wait_deadline(deadline), &send_error, &sending);
     sending.c.check();
     if (send_error && !write_error_)
       write_error_ = send_error;  // the bytes read are kept; the next write fails
   } else {
     call c(*this);
-    n = fd_.read_some(rbuf_ + rend_, rcap_ - rend_, wait_deadline(deadline));
+    n = fd_.read_some(room, wait_deadline(deadline));
     c.check();
   }
   if (n == 0) {
     eof_ = true;
+    lend_back_read();
     return false;
   }
   rend_ += n;
@@ -313,6 +369,10 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
   // Small writes are gathered (pipelined responses leave in one send). A large one gains
   // nothing from waiting and would cost a copy, so it goes out now, from the caller's memory.
   if (wlen_ + total <= opts_.write_high_water && total < direct_write) {
+    if (!wbuf_ && pool_ && total <= pool_block) {
+      wbuf_ = pool_->take();
+      wcap_ = pool_block;
+    }
     if (wcap_ - wlen_ < total) {
       std::size_t cap = std::max(std::max<std::size_t>(wcap_ * 2, 4096), wlen_ + total);
       char* nb = static_cast<char*>(std::realloc(wbuf_, cap));
@@ -363,11 +423,13 @@ void io_stream::send_later() noexcept {
   long r = fd_.try_write(&v, 1);
   if (r >= 0 && static_cast<std::size_t>(r) == wlen_) {
     wlen_ = 0;
+    lend_back_write();
     return;
   }
   if (r < 0 && r != -EAGAIN) {
     write_error_ = socket_error(static_cast<int>(-r));
     wlen_ = 0;
+    lend_back_write();
     return;
   }
   if (r > 0) {
@@ -435,6 +497,7 @@ void io_stream::close(std::string_view reason, time_point flush_deadline) {
         reason.data());
   fd_.close();
   wlen_ = 0;
+  lend_back_write();  // unless another fiber's send still uses it: that one gives it back
 }
 
 void io_stream::shutdown_write(time_point deadline) {

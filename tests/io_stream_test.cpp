@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_pool.hpp"
 #include "squall/locks.hpp"
 #include "squall/tcp_client.hpp"
 #include "squall/tcp_server.hpp"
@@ -820,4 +821,119 @@ TEST_CASE("close() from outside a fiber still sends what the socket takes") {
   CHECK(p.a.pending_write() == 3);
   p.a.close();  // not in a fiber: no waiting, but the socket has room
   run_sync(loop, [&] { CHECK(p.b.read_until_close(100, io_loop::now() + 5s) == "bye"); });
+}
+
+// --- Buffers lent from the loop's pool (io_stream_options::lend_buffers) ----------------------
+
+TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
+  io_loop loop;
+  auto& pool = squall::detail::buffer_pool_of(loop);
+  bool ring = loop.backend() == squall::backend_kind::io_uring;
+  stream_pair p(loop);
+  REQUIRE(pool.free_count() == 0);
+  run_sync(loop, [&] {
+    p.b.write("ping");
+    CHECK(pool.free_count() == 0);  // b holds the bytes
+    p.b.flush();
+    CHECK(pool.free_count() == 1);  // sent: the buffer is back
+  });
+  bool got_ping = false;
+  auto reader = spawn(loop, [&] {
+    CHECK(p.a.read_some(io_loop::now() + 5s) == "ping");
+    CHECK(pool.free_count() == 0);  // the view is into the borrowed buffer
+    got_ping = true;
+    CHECK(p.a.read_some(io_loop::now() + 5s) == "pong");
+  });
+  run_sync(loop, [&] {
+    for (int i = 0; i < 1000 && !got_ping; ++i)
+      this_fiber::sleep_for(1ms);
+    REQUIRE(got_ping);
+    this_fiber::sleep_for(5ms);  // the reader waits for the next bytes
+    // On epoll and kqueue the empty buffer is back while the reader waits; io_uring's receive
+    // holds one in the kernel.
+    CHECK(pool.free_count() == (ring ? 0u : 1u));
+    p.b.write("pong");
+    p.b.flush();
+    reader.join();
+  });
+}
+
+TEST_CASE("a view stays intact until the next read while other streams borrow and return") {
+  // Many streams share a pool of one block (free_buffers = 1): a stream that gave its buffer
+  // back too early, or lent one it still had bytes in, would see another stream's bytes.
+  io_loop::options lo;
+  lo.free_buffers = 1;
+  io_loop loop(lo);
+  constexpr int n = 24;
+  std::vector<std::unique_ptr<stream_pair>> pairs;
+  for (int i = 0; i < n; ++i)
+    pairs.push_back(std::make_unique<stream_pair>(loop));
+  int ok = 0;
+  std::vector<squall::fiber<void>> fibers;
+  for (int i = 0; i < n; ++i) {
+    fibers.push_back(spawn(loop, [&, i] {
+      stream_pair& p = *pairs[i];
+      std::string line = "line " + std::to_string(i) + " of stream " + std::to_string(i) + "\n";
+      for (int round = 0; round < 20; ++round) {
+        // Two lines, the second in two pieces, so that the buffer is sometimes left non-empty.
+        p.b.write(line);
+        p.b.write(std::string_view(line).substr(0, 5));
+        p.b.flush();
+        std::string_view got = p.a.read_until("\n", 1000, io_loop::now() + 5s);
+        this_fiber::sleep_for(std::chrono::microseconds(100 * (i % 3)));  // others run
+        CHECK(got == line);  // still this stream's bytes
+        p.b.write(std::string_view(line).substr(5));
+        p.b.flush();
+        CHECK(p.a.read_until("\n", 1000, io_loop::now() + 5s) == line);
+      }
+      ++ok;
+    }));
+  }
+  run_sync(loop, [&] {
+    for (auto& f : fibers)
+      f.join();
+  });
+  CHECK(ok == n);
+  CHECK(squall::detail::buffer_pool_of(loop).free_count() <= 1);
+}
+
+TEST_CASE("a closed stream's buffers go back to the pool, which keeps at most free_buffers") {
+  io_loop::options lo;
+  lo.free_buffers = 2;
+  io_loop loop(lo);
+  auto& pool = squall::detail::buffer_pool_of(loop);
+  {
+    std::vector<std::unique_ptr<stream_pair>> pairs;
+    for (int i = 0; i < 4; ++i)
+      pairs.push_back(std::make_unique<stream_pair>(loop));
+    run_sync(loop, [&] {
+      for (auto& p : pairs) {
+        p->a.write("unsent");  // a write buffer each, not flushed
+        p->b.write("x");
+        p->b.flush();
+        CHECK(p->a.read_exactly(1, io_loop::now() + 5s) == "x");
+        p->a.write("more");
+      }
+    });
+    CHECK(pool.free_count() <= 1);
+  }
+  CHECK(pool.free_count() == 2);
+}
+
+TEST_CASE("with lend_buffers off a stream keeps its own buffers") {
+  io_loop loop;
+  auto& pool = squall::detail::buffer_pool_of(loop);
+  squall::io_stream_options own;
+  own.lend_buffers = false;
+  {
+    stream_pair p(loop, own, own);
+    run_sync(loop, [&] {
+      for (int i = 0; i < 3; ++i) {
+        p.b.write("hello");
+        p.b.flush();
+        CHECK(p.a.read_exactly(5, io_loop::now() + 5s) == "hello");
+      }
+    });
+  }
+  CHECK(pool.free_count() == 0);  // never borrowed from, never given to
 }

@@ -36,6 +36,19 @@ struct send_notice {
   void (*sent)(send_notice* self) noexcept = nullptr;
 };
 
+// Where a read puts its bytes, asked for only when the read is about to happen (libuv's
+// alloc_cb). On epoll and kqueue that is once the fd is readable, so a caller that lends
+// buffers from a pool (io_stream) holds none while it waits; on io_uring it is when the
+// receive is submitted, and the kernel has the buffer until the receive completes. `get`
+// returns the buffer and sets `*len`; it may throw (std::bad_alloc), and for one read it may be
+// called more than once (a readiness edge that found nothing): each time it must return the
+// same buffer. `hint`, if set, is where the buffer will probably be: the loop prefetches it
+// with the fd's next event.
+struct read_target {
+  void* (*get)(read_target* self, std::size_t* len) = nullptr;
+  const void* hint = nullptr;
+};
+
 class async_fd {
  public:
   async_fd() noexcept;
@@ -60,8 +73,14 @@ class async_fd {
   // Only a hint: null, or memory that stays valid while the fd is open.
   void set_warm_hint(const void* p) noexcept;
 
+  // Whether a read takes its buffer when it is submitted (io_uring, for sockets) rather than
+  // when its bytes are there: read_target::get() is then called before the wait.
+  bool reads_at_submit() const noexcept;
+
   // Reads up to `len` bytes; returns how many, 0 at end of stream.
   std::size_t read_some(void* buf, std::size_t len, time_point deadline = time_point::max());
+  // The same, into the buffer `target` gives when the bytes can be read.
+  std::size_t read_some(read_target& target, time_point deadline = time_point::max());
   // Writes some of the buffers (at least one byte unless all are empty); returns how many bytes.
   std::size_t write_some(const iovec* iov, int iovcnt, time_point deadline = time_point::max());
   std::size_t write_some(const void* buf, std::size_t len, time_point deadline = time_point::max());
@@ -80,6 +99,12 @@ class async_fd {
   // when the send is complete (see send_notice). On io_uring a send that goes out whole does
   // not resume the fiber: only the answer does.
   std::size_t write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+                                  time_point deadline = time_point::max(),
+                                  std::error_code* send_error = nullptr,
+                                  send_notice* notice = nullptr);
+  // The same, reading into the buffer `target` gives (on epoll and kqueue, once the answer's
+  // bytes are there).
+  std::size_t write_all_read_some(const iovec* iov, int iovcnt, read_target& target,
                                   time_point deadline = time_point::max(),
                                   std::error_code* send_error = nullptr,
                                   send_notice* notice = nullptr);
@@ -106,7 +131,7 @@ class async_fd {
 
  private:
   static constexpr int max_exchange_iov = 16;
-  std::size_t deferred_exchange(const iovec* iov, int iovcnt, void* buf, std::size_t len,
+  std::size_t deferred_exchange(const iovec* iov, int iovcnt, read_target& target,
                                 time_point deadline, send_notice* notice);
   std::unique_ptr<detail::fd_state> st_;
 };

@@ -39,6 +39,13 @@ struct io_stream_options {
   std::size_t write_high_water = 64 * 1024;
   // If non-zero, any single wait for the peer longer than this fails with error::timed_out.
   duration idle_timeout = duration::zero();
+  // Borrow the read and write buffers from the loop's pool (io_loop::options::free_buffers)
+  // when bytes come or go, and give each back as soon as it is empty: an idle stream holds no
+  // buffer, and a busy server reuses the few buffers that are warm in the cache instead of
+  // one per connection. A buffer that had to grow past 64 KiB stays with the stream. On
+  // io_uring a read buffer is needed from the moment the receive is submitted, so there it is
+  // held while the stream waits for the peer; on epoll and kqueue only once bytes are there.
+  bool lend_buffers = true;
 };
 
 class io_stream {
@@ -125,20 +132,24 @@ class io_stream {
   void consume_previous() noexcept;
   bool fill(time_point deadline);  // reads once more; false at end of stream
   void reserve_read(std::size_t extra);
+  void lend_back_read() noexcept;   // an empty read buffer goes back to the pool
+  void lend_back_write() noexcept;  // an empty write buffer, once no send uses it
+  struct read_room;
   time_point wait_deadline(time_point deadline) const noexcept;
   void send_all(const iovec* iov, int n, time_point deadline);
   void send_later() noexcept;  // flush_later()'s end of the iteration
 
+  // What a request/response turn touches comes first.
   async_fd fd_;
-  io_stream_options opts_;
   // Read buffer: [rbuf_, rbuf_ + rcap_), unread bytes in [rpos_, rend_). `rtake_` bytes at rpos_
   // were returned by the last read and are dropped at the start of the next one.
   char* rbuf_ = nullptr;
-  std::size_t rcap_ = 0, rpos_ = 0, rend_ = 0, rtake_ = 0;
-  bool eof_ = false;
+  std::size_t rpos_ = 0, rend_ = 0, rtake_ = 0, rcap_ = 0;
   // Write buffer: [wbuf_, wbuf_ + wlen_).
   char* wbuf_ = nullptr;
-  std::size_t wcap_ = 0, wlen_ = 0;
+  std::size_t wlen_ = 0, wcap_ = 0;
+  detail::buffer_pool* pool_ = nullptr;  // the loop's, with lend_buffers
+  bool eof_ = false;
   // A send from the write buffer is in progress (a flush, or a read flushing first: that one
   // ends when the send is complete, before the answer). Writers wait for it to end before they
   // touch the buffer, so a reading fiber and a writing fiber can share the stream.
@@ -148,6 +159,7 @@ class io_stream {
   // A send that failed while a read went on (io_uring's send-and-receive): the next write or
   // flush reports it.
   std::error_code write_error_;
+  io_stream_options opts_;
   // Outlives the stream while one of its calls is suspended in some fiber, so that a fiber
   // resuming after another fiber destroyed the stream finds out instead of touching freed
   // members; it also takes over the buffers the kernel may still be using.
