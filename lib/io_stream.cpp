@@ -369,7 +369,7 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
   // Small writes are gathered (pipelined responses leave in one send). A large one gains
   // nothing from waiting and would cost a copy, so it goes out now, from the caller's memory.
   if (wlen_ + total <= opts_.write_high_water && total < direct_write) {
-    if (!wbuf_ && pool_ && total <= pool_block) {
+    if (!wbuf_ && pool_ && total > 0 && total <= pool_block) {
       wbuf_ = pool_->take();
       wcap_ = pool_block;
     }

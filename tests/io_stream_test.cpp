@@ -836,6 +836,8 @@ TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
     CHECK(pool.free_count() == 0);  // b holds the bytes
     p.b.flush();
     CHECK(pool.free_count() == 1);  // sent: the buffer is back
+    p.b.write(std::string_view{});
+    CHECK(pool.free_count() == 1);  // nothing to hold: nothing borrowed
   });
   bool got_ping = false;
   auto reader = spawn(loop, [&] {

@@ -392,7 +392,9 @@ bool connection::read_head() {
     } catch (const std::system_error& e) {
       idle = false;
       if (e.code() == error::timed_out && have_bytes) refuse(408, "header timeout");
-      if (e.code() == error::timed_out || e.code() == error::cancelled) return false;
+      // A peer that resets or goes away between requests ends the connection here: rethrown,
+      // the exception would be unwound a second time (a third of a close's 50,000 instructions).
+      if (is_quiet(e.code())) return false;
       throw;
     }
     if (st.closing && !have_bytes && s.peek().empty()) return false;
