@@ -156,28 +156,27 @@ io_stream::~io_stream() {
     life_->send_done.notify_all();  // waiting writers wake, see the stream gone, and leave
   } else {
     delete life_;
-    // A connection's buffers go to the next one warm.
-    wlen_ = 0;
-    lend_back_write();
-    rpos_ = rend_ = 0;
-    lend_back_read();
+    // A connection's buffers go to the next one warm; those that grew are freed.
+    to_pool(rbuf_, rcap_);
+    to_pool(wbuf_, wcap_);
     std::free(rbuf_);
     std::free(wbuf_);
   }
 }
 
+bool io_stream::to_pool(char*& buf, std::size_t& cap) noexcept {
+  if (!pool_ || !buf || cap != pool_block) return false;
+  pool_->give(std::exchange(buf, nullptr));
+  cap = 0;
+  return true;
+}
+
 void io_stream::lend_back_read() noexcept {
-  if (pool_ && rbuf_ && rcap_ == pool_block && rpos_ == rend_) {
-    pool_->give(std::exchange(rbuf_, nullptr));
-    rcap_ = rpos_ = rend_ = rtake_ = 0;
-  }
+  if (rpos_ == rend_ && to_pool(rbuf_, rcap_)) rpos_ = rend_ = rtake_ = 0;
 }
 
 void io_stream::lend_back_write() noexcept {
-  if (pool_ && wbuf_ && wcap_ == pool_block && wlen_ == 0 && !sending_) {
-    pool_->give(std::exchange(wbuf_, nullptr));
-    wcap_ = 0;
-  }
+  if (wlen_ == 0 && !sending_) to_pool(wbuf_, wcap_);
 }
 
 time_point io_stream::wait_deadline(time_point deadline) const noexcept {
@@ -248,8 +247,7 @@ bool io_stream::fill(time_point deadline) {
   // Empty: given back now and borrowed again when the bytes are there, unless the read takes
   // its buffer when it is submitted (it would only go back and forth).
   if (!fd_.reads_at_submit()) lend_back_read();
-  if (rbuf_) reserve_read(extra);  // not empty: whatever happens to the buffer happens now
-  read_room room(*this, extra);
+  read_room room(*this, extra);  // makes the room (reserve_read) when the read asks for it
   std::size_t n;
   if (wlen_ > 0 && !sending_ && !write_error_) {
     // About to wait for the peer: anything we owe it goes first (see the header), in one step

@@ -132,6 +132,7 @@ class io_stream {
   void consume_previous() noexcept;
   bool fill(time_point deadline);  // reads once more; false at end of stream
   void reserve_read(std::size_t extra);
+  bool to_pool(char*& buf, std::size_t& cap) noexcept;  // a 64 KiB block goes back: true
   void lend_back_read() noexcept;   // an empty read buffer goes back to the pool
   void lend_back_write() noexcept;  // an empty write buffer, once no send uses it
   struct read_room;
