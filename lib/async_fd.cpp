@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -209,12 +210,14 @@ struct ring_op final : detail::io_completion, waiter {
   detail::backend* be = nullptr;
   int res = 0;
   unsigned cflags = 0;
+  unsigned events = 0;  // a provided receive's offset (backend::provided_bytes())
 };
 
-void on_ring_complete(detail::io_completion* c, unsigned, int res, unsigned flags) {
+void on_ring_complete(detail::io_completion* c, unsigned events, int res, unsigned flags) {
   auto* op = static_cast<ring_op*>(c);
   op->res = res;
   op->cflags = flags;
+  op->events = events;
   waiter& w = *op;
   if (res == -ECANCELED && w.abandoning)
     detail::wake_now(w, w.abandon_reason);
@@ -232,12 +235,18 @@ void abandon_ring(waiter& w) {
         std::system_category().message(-r).c_str());
 }
 
+struct no_after {
+  void operator()(ring_op&) const noexcept {}
+};
+
 // Runs one ring operation; `submit(op)` queues it. Returns its non-negative result. If
 // `still_open` is given, it says whether the fd's state still exists afterwards (another fiber
 // may have closed the fd while this one waited; a result it got first is still returned).
-template <class Submit>
+// `after(op)`, if given, sees the completion first, whatever it is (a provided receive's
+// bytes are copied out there), and may change op.res.
+template <class Submit, class After = no_after>
 int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline, Submit submit,
-             bool* still_open = nullptr) {
+             bool* still_open = nullptr, After after = {}) {
   ring_op op;
   op.complete = on_ring_complete;
   op.warm = warm_ring_op;
@@ -255,6 +264,7 @@ int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
     ec = detail::suspend(op, deadline);
     if (still_open) *still_open = op.data != nullptr;
   }
+  after(op);
   // A result that arrived despite a cancel (it finished first) is kept: the data is real.
   if (op.res >= 0) return op.res;
   if (ec) fail(ec, what);
@@ -324,6 +334,10 @@ bool async_fd::reads_at_submit() const noexcept {
   return st_ && waits_on_ring(*st_);
 }
 
+bool async_fd::provides_read_buffers() const noexcept {
+  return st_ && waits_on_ring(*st_) && st_->be->provides_buffers();
+}
+
 bool async_fd::is_open() const noexcept {
   return st_ && st_->fd >= 0;
 }
@@ -386,6 +400,52 @@ struct fixed_target final : read_target {
 
 }  // namespace
 
+namespace {
+
+// A provided receive's bytes (see backend::provided_bytes()): copied into the target's
+// buffer, asked for now that they are there. Returns false when the region was full
+// (-ENOBUFS), having read nothing. get() may throw (std::bad_alloc): the bytes are then lost
+// with the stream.
+bool deliver(detail::backend& be, read_target& target, int res, unsigned events, unsigned flags) {
+  if (res == -ENOBUFS) return false;
+  if (res <= 0) return true;
+  const char* bytes = be.provided_bytes(res, events, flags);
+  std::size_t len = 0;
+  void* buf = target.get(&target, &len);
+  if (!bytes || len < static_cast<std::size_t>(res))
+    throw std::logic_error("squall: a provided receive's bytes do not fit where they belong");
+  std::memcpy(buf, bytes, static_cast<std::size_t>(res));
+  return true;
+}
+
+// A receive whose buffer the kernel picks when the bytes come (read_target::at_most).
+// Returns false, having read nothing, when the region was full: the caller reads into
+// target.get() instead.
+bool read_provided(fd_state& st, read_target& target, time_point deadline, std::size_t& n) {
+  static constexpr const char* what = "squall: read";
+  detail::backend* be = st.be;
+  bool open = false;
+  bool ran_dry = false;
+  n = static_cast<std::size_t>(ring_run(
+      st, &fd_state::reader, what, deadline,
+      [&](auto* op) { return be->submit_recv_provided(st.fd, target.at_most, true, op); }, &open,
+      [&](ring_op& op) {
+        // Closed while it waited: the target may be gone with its stream, and the bytes with it.
+        // (ring_run then throws: error::closed.)
+        if (!open && (op.res >= 0 || op.res == -ENOBUFS)) op.res = -ECANCELED;
+        ran_dry = !deliver(*be, target, op.res, op.events, op.cflags);
+        if (ran_dry) op.res = 0;  // not an error: the caller reads again
+      }));
+  if (ran_dry) {
+    st.may_read = true;  // the bytes are there: the next receive need not wait for them
+    return false;
+  }
+  st.may_read = n >= target.at_most;
+  return true;
+}
+
+}  // namespace
+
 std::size_t async_fd::read_some(void* buf, std::size_t len, time_point deadline) {
   fixed_target t(buf, len);
   return read_some(t, deadline);
@@ -396,6 +456,13 @@ std::size_t async_fd::read_some(read_target& target, time_point deadline) {
   fd_state& st = state(st_, what);
   std::size_t len = 0;
   if (waits_on_ring(st)) {
+    // After a read that drained the socket, the next one most likely waits: the kernel picks
+    // its buffer once the bytes come. (One that filled its buffer reads into the target's
+    // straight away.)
+    if (target.at_most && !st.may_read && st.be->provides_buffers()) {
+      std::size_t n = 0;
+      if (read_provided(st, target, deadline, n)) return n;
+    }
     void* buf = target.get(&target, &len);
     // On the ring `may_read` only remembers whether the last receive filled its buffer: if
     // not, the socket was drained and this one will most likely find nothing yet.
@@ -423,7 +490,9 @@ struct duplex {
   struct op final : detail::io_completion {
     duplex* d = nullptr;
     int res = 0;
-    bool busy = false;  // submitted, completion not seen yet
+    unsigned cflags = 0;
+    unsigned events = 0;  // a provided receive's offset (backend::provided_bytes())
+    bool busy = false;    // submitted, completion not seen yet
   };
   struct wait final : waiter {
     duplex* d = nullptr;
@@ -443,10 +512,12 @@ struct duplex {
   }
   // A send that went out whole while the receive still waits is taken here, in the loop: the
   // fiber sleeps on until its answer (one resume per exchange instead of two).
-  static void on_complete(detail::io_completion* c, unsigned, int res, unsigned) {
+  static void on_complete(detail::io_completion* c, unsigned events, int res, unsigned flags) {
     auto* o = static_cast<op*>(c);
     duplex* d = o->d;
     o->res = res;
+    o->cflags = flags;
+    o->events = events;
     o->busy = false;
     if (o == &d->send && d->recv.busy && !d->ending && res >= 0 &&
         static_cast<std::size_t>(res) == d->send_left) {
@@ -610,8 +681,12 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
     if (notice) notice->sent(notice);
     return read_some(target, deadline);
   }
+  // The kernel picks the receive's buffer when its bytes come (read_target::adopt), or it
+  // gets the target's buffer now.
+  bool provided = target.at_most && st.be->provides_buffers();
+  bool delivered = false;  // the provided receive's bytes were copied to the target
   std::size_t len = 0;
-  void* buf = target.get(&target, &len);
+  void* buf = provided ? nullptr : target.get(&target, &len);
   duplex d;
   d.be = st.be;
   d.fd = st.fd;
@@ -640,7 +715,9 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
   };
   if (int r = submit_send(); r < 0) fail_errno(-r, what);
   // The request has only just been sent: its answer cannot be there yet.
-  if (int r = d.be->submit_recv(d.fd, buf, len, 0, true, &d.recv); r < 0)
+  if (int r = provided ? d.be->submit_recv_provided(d.fd, target.at_most, true, &d.recv)
+                       : d.be->submit_recv(d.fd, buf, len, 0, true, &d.recv);
+      r < 0)
     end_early(socket_error(-r));
   else
     d.recv.busy = true;
@@ -648,6 +725,29 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
   bool closed = false;     // another fiber closed the fd: its state may be gone, do not touch it
   bool unwinding = false;  // fiber_unwind arrived; rethrown once nothing is in flight
   for (;;) {
+    if (provided && !d.recv.busy && !delivered) {
+      // The receive is done: its bytes go where the target says, before the loop waits again.
+      // Nothing here may throw while the send is still in the kernel. Closed while it waited:
+      // the target may be gone with its stream, and the bytes with it.
+      delivered = true;
+      if (closed && d.recv.res >= 0) d.recv.res = -ECANCELED;
+      try {
+        if (!deliver(*d.be, target, d.recv.res, d.recv.events, d.recv.cflags) && !failed) {
+          // The region was full: this once, into the target's own buffer.
+          buf = target.get(&target, &len);
+          if (int r = d.be->submit_recv(d.fd, buf, len, 0, false, &d.recv); r < 0)
+            end_early(socket_error(-r));
+          else
+            d.recv.busy = true;
+        }
+      } catch (const std::bad_alloc&) {
+        d.recv.res = 0;
+        end_early(std::make_error_code(std::errc::not_enough_memory));
+      } catch (const std::exception&) {
+        d.recv.res = 0;
+        end_early(std::make_error_code(std::errc::io_error));
+      }
+    }
     if (!d.send.busy && !d.sent_all && !failed) {
       if (d.send.res < 0) {
         end_early(socket_error(-d.send.res));

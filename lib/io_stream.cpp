@@ -224,12 +224,15 @@ void io_stream::reserve_read(std::size_t extra) {
 
 // The read buffer, when fill() is about to read: an empty one was given back to the pool
 // before the wait and is borrowed again only now.
+// The read buffer, when fill() is about to read: an empty one was given back to the pool
+// before the wait and is borrowed again only now.
 struct io_stream::read_room final : read_target {
   io_stream& s;
   std::size_t extra;
   read_room(io_stream& st, std::size_t x) : s(st), extra(x) {
     // A buffer borrowed when the bytes come is the pool's last returned one, warm already.
     hint = s.rbuf_ ? s.rbuf_ + s.rend_ : nullptr;
+    at_most = x;  // reserve_read(x) makes at least that much room
     get = [](read_target* t, std::size_t* len) -> void* {
       auto* r = static_cast<read_room*>(t);
       r->s.reserve_read(r->extra);
@@ -246,7 +249,9 @@ bool io_stream::fill(time_point deadline) {
   std::size_t extra = std::min(opts_.read_chunk, opts_.max_buffer_size - (rend_ - rpos_));
   // Empty: given back now and borrowed again when the bytes are there, unless the read takes
   // its buffer when it is submitted (it would only go back and forth).
-  if (!fd_.reads_at_submit()) lend_back_read();
+  // (On io_uring with a buffer ring, the read asks for its buffer only once the bytes are
+  // there, as on epoll.)
+  if (!fd_.reads_at_submit() || fd_.provides_read_buffers()) lend_back_read();
   read_room room(*this, extra);  // makes the room (reserve_read) when the read asks for it
   std::size_t n;
   if (wlen_ > 0 && !sending_ && !write_error_) {

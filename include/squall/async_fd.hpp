@@ -44,9 +44,16 @@ struct send_notice {
 // called more than once (a readiness edge that found nothing): each time it must return the
 // same buffer. `hint`, if set, is where the buffer will probably be: the loop prefetches it
 // with the fd's next event.
+//
+// `at_most`, if set, promises that get() gives at least that many bytes of room: the read then
+// asks for no more. On io_uring with buffer rings (see async_fd::provides_read_buffers()) it
+// also lets the kernel pick where the bytes land while the read waits, in a region the loop
+// shares among its connections; get() is then called once they are there, and they are
+// copied in.
 struct read_target {
   void* (*get)(read_target* self, std::size_t* len) = nullptr;
   const void* hint = nullptr;
+  std::size_t at_most = 0;
 };
 
 class async_fd {
@@ -76,6 +83,9 @@ class async_fd {
   // Whether a read takes its buffer when it is submitted (io_uring, for sockets) rather than
   // when its bytes are there: read_target::get() is then called before the wait.
   bool reads_at_submit() const noexcept;
+  // Whether a read can leave the choice of its buffer to the kernel until its bytes arrive
+  // (read_target::at_most): io_uring sockets, on kernels with incremental buffer rings (6.12).
+  bool provides_read_buffers() const noexcept;
 
   // Reads up to `len` bytes; returns how many, 0 at end of stream.
   std::size_t read_some(void* buf, std::size_t len, time_point deadline = time_point::max());

@@ -16,6 +16,9 @@ namespace squall::detail {
 int backend::submit_recv(int, void*, std::size_t, int, bool, io_completion*) noexcept {
   return -ENOSYS;
 }
+int backend::submit_recv_provided(int, std::size_t, bool, io_completion*) noexcept {
+  return -ENOSYS;
+}
 int backend::submit_sendmsg(int, const msghdr*, int, io_completion*) noexcept {
   return -ENOSYS;
 }

@@ -117,6 +117,21 @@ class backend {
                             io_completion* op) noexcept;
   virtual int submit_connect(int fd, const struct sockaddr* addr, unsigned addrlen,
                              io_completion* op) noexcept;
+  // Provided buffers (io_uring's buffer rings): a receive whose buffer the kernel picks only
+  // when the bytes arrive, from a region the backend owns, so that a connection waiting for
+  // its next request holds no buffer of its own (see io_uring.cpp, provided_region).
+  // provides_buffers() sets it up on first use and says whether the kernel can.
+  virtual bool provides_buffers() noexcept { return false; }
+  // Queues a receive of up to `len` bytes into the region. A result of -ENOBUFS means the
+  // region was full: receive into a buffer of your own this time.
+  virtual int submit_recv_provided(int fd, std::size_t len, bool expect_empty,
+                                   io_completion* op) noexcept;
+  // Where a provided receive's `res` bytes are, from its completion's `events` and `flags`;
+  // null if it carries none. Valid until the loop waits again: copy them out before that.
+  virtual const char* provided_bytes(int res, unsigned events, unsigned flags) const noexcept {
+    (void)res, (void)events, (void)flags;
+    return nullptr;
+  }
   // One-shot readiness of `fd` (io_loop::read / write) as an operation.
   virtual int submit_poll(int fd, unsigned events, io_completion* op) noexcept;
   // Asks the kernel to cancel `op`; `op` still gets its completion (-ECANCELED, or its result if
