@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -318,6 +319,7 @@ async_fd::async_fd(io_loop& loop, int fd) : st_(std::make_unique<fd_state>()) {
   // Ring operations on sockets block in the kernel, not in us, and an O_NONBLOCK socket would
   // make them fail with EAGAIN instead; everything else is driven by non-blocking syscalls.
   if (int r = set_nonblocking(fd, !waits_on_ring(st)); r < 0) fail_errno(-r, "squall: async_fd");
+  if (waits_on_ring(st)) ++st.be->ring_sockets;  // see io_loop::options::shared_receive_from
   if (!st.ring) {
     st.complete = on_readiness;
     st.warm = warm_readiness;
@@ -371,6 +373,7 @@ int async_fd::release() noexcept {
     detail::forget_io(*st.loop, &st);
     st.registered = false;
   }
+  if (waits_on_ring(st)) --st.be->ring_sockets;
   int fd = st.fd;
   st.fd = -1;
   st_.reset();
@@ -418,17 +421,28 @@ bool deliver(detail::backend& be, read_target& target, int res, unsigned events,
   return true;
 }
 
+// What a receive into the loop's region asks for at most. Requests, WebSocket messages and
+// replies of the usual sizes fit; the first piece of a larger one is copied, and since it filled
+// the receive, the rest is read straight into the target's buffer (a bulk transfer is not
+// copied twice, nor does it use up the region).
+constexpr std::size_t provided_read_max = 4096;
+
+std::size_t provided_len(const read_target& target) noexcept {
+  return std::min(target.at_most, provided_read_max);
+}
+
 // A receive whose buffer the kernel picks when the bytes come (read_target::at_most).
 // Returns false, having read nothing, when the region was full: the caller reads into
 // target.get() instead.
 bool read_provided(fd_state& st, read_target& target, time_point deadline, std::size_t& n) {
   static constexpr const char* what = "squall: read";
   detail::backend* be = st.be;
+  const std::size_t want = provided_len(target);
   bool open = false;
   bool ran_dry = false;
   n = static_cast<std::size_t>(ring_run(
       st, &fd_state::reader, what, deadline,
-      [&](auto* op) { return be->submit_recv_provided(st.fd, target.at_most, true, op); }, &open,
+      [&](auto* op) { return be->submit_recv_provided(st.fd, want, true, op); }, &open,
       [&](ring_op& op) {
         // Closed while it waited: the target may be gone with its stream, and the bytes with it.
         // (ring_run then throws: error::closed.)
@@ -440,7 +454,7 @@ bool read_provided(fd_state& st, read_target& target, time_point deadline, std::
     st.may_read = true;  // the bytes are there: the next receive need not wait for them
     return false;
   }
-  st.may_read = n >= target.at_most;
+  st.may_read = n >= want;
   return true;
 }
 
@@ -715,7 +729,7 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
   };
   if (int r = submit_send(); r < 0) fail_errno(-r, what);
   // The request has only just been sent: its answer cannot be there yet.
-  if (int r = provided ? d.be->submit_recv_provided(d.fd, target.at_most, true, &d.recv)
+  if (int r = provided ? d.be->submit_recv_provided(d.fd, provided_len(target), true, &d.recv)
                        : d.be->submit_recv(d.fd, buf, len, 0, true, &d.recv);
       r < 0)
     end_early(socket_error(-r));
@@ -795,6 +809,10 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
     if (w.abandoning) end_early(w.abandon_reason);
   }
   if (unwinding) throw fiber_unwind{};
+  // A provided receive that filled its (small) request: more is likely there, and the next
+  // read takes it straight into the target's buffer (see provided_read_max).
+  if (!closed && provided && d.recv.res > 0)
+    st_->may_read = static_cast<std::size_t>(d.recv.res) >= provided_len(target);
   if (failed) {
     // Data that arrived is returned, not lost. If the send did not finish, the caller hears of
     // it through `send_error` (io_stream makes it the answer to its next write); without one,

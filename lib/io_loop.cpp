@@ -162,6 +162,7 @@ io_loop::io_loop(const options& opts)
     throw_errno(-r, "squall: watching the loop's wake-up fd");
   }
   signals_->wake_fd = wake_fd_;
+  backend_->shared_from = opts.shared_receive_from;
   owner_thread_.store(self_id(), std::memory_order_relaxed);
   if (opts.make_current && !t_current) t_current = this;
   log(log_level::debug, "loop", "new loop on %s", backend_name());

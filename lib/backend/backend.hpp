@@ -120,8 +120,12 @@ class backend {
   // Provided buffers (io_uring's buffer rings): a receive whose buffer the kernel picks only
   // when the bytes arrive, from a region the backend owns, so that a connection waiting for
   // its next request holds no buffer of its own (see io_uring.cpp, provided_region).
-  // provides_buffers() sets it up on first use and says whether the kernel can.
+  // provides_buffers() sets it up on first use and says whether the kernel can, and whether
+  // the loop has `shared_from` open sockets (io_loop::options::shared_receive_from; async_fd
+  // counts them in `ring_sockets`).
   virtual bool provides_buffers() noexcept { return false; }
+  std::size_t ring_sockets = 0;
+  std::size_t shared_from = 0;
   // Queues a receive of up to `len` bytes into the region. A result of -ENOBUFS means the
   // region was full: receive into a buffer of your own this time.
   virtual int submit_recv_provided(int fd, std::size_t len, bool expect_empty,

@@ -157,8 +157,9 @@ class io_uring_backend final : public backend {
   }
 
   void flush() noexcept override {
+    // (Not provided_.recycle(): flush() may come in the middle of a batch, from a close,
+    // before the fibers of the batch's later completions have copied their bytes out.)
     rearm_reported();
-    provided_.recycle();
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
   }
 
@@ -180,6 +181,7 @@ class io_uring_backend final : public backend {
   }
 
   bool provides_buffers() noexcept override {
+    if (ring_sockets < shared_from) return false;
     if (ring_ok_ && !provided_.tried()) provided_.setup(ring_);
     return provided_.ok();
   }
