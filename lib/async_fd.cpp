@@ -337,7 +337,7 @@ bool async_fd::reads_at_submit() const noexcept {
 }
 
 bool async_fd::provides_read_buffers() const noexcept {
-  return st_ && waits_on_ring(*st_) && st_->be->provides_buffers();
+  return st_ && waits_on_ring(*st_) && st_->be->shares_receives();
 }
 
 bool async_fd::is_open() const noexcept {
@@ -400,10 +400,6 @@ struct fixed_target final : read_target {
     };
   }
 };
-
-}  // namespace
-
-namespace {
 
 // A provided receive's bytes (see backend::provided_bytes()): copied into the target's
 // buffer, asked for now that they are there. Returns false when the region was full
@@ -473,7 +469,7 @@ std::size_t async_fd::read_some(read_target& target, time_point deadline) {
     // After a read that drained the socket, the next one most likely waits: the kernel picks
     // its buffer once the bytes come. (One that filled its buffer reads into the target's
     // straight away.)
-    if (target.at_most && !st.may_read && st.be->provides_buffers()) {
+    if (target.at_most && !st.may_read && st.be->shares_receives()) {
       std::size_t n = 0;
       if (read_provided(st, target, deadline, n)) return n;
     }
@@ -695,9 +691,9 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
     if (notice) notice->sent(notice);
     return read_some(target, deadline);
   }
-  // The kernel picks the receive's buffer when its bytes come (read_target::adopt), or it
+  // The kernel picks the receive's buffer when its bytes come (read_target::at_most), or it
   // gets the target's buffer now.
-  bool provided = target.at_most && st.be->provides_buffers();
+  bool provided = target.at_most && st.be->shares_receives();
   bool delivered = false;  // the provided receive's bytes were copied to the target
   std::size_t len = 0;
   void* buf = provided ? nullptr : target.get(&target, &len);

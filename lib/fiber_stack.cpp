@@ -27,17 +27,8 @@
 
 #include "squall/fiber.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)  // as in fiber.cpp
 #include <sanitizer/asan_interface.h>
-#define SQUALL_UNPOISON(p, n) __asan_unpoison_memory_region(p, n)
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#include <sanitizer/asan_interface.h>
-#define SQUALL_UNPOISON(p, n) __asan_unpoison_memory_region(p, n)
-#endif
-#endif
-#ifndef SQUALL_UNPOISON
-#define SQUALL_UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
 namespace squall::detail {
@@ -165,11 +156,13 @@ stack_region map_stack(std::size_t size, bool guard, std::size_t live_fibers) {
 
 void unmap_stack(const stack_region& s) noexcept {
   if (!s.base) return;
-  // A stack that dies with frames on it (the fiber was unwound, or simply ended) leaves
-  // AddressSanitizer's redzone marks in the shadow, and munmap does not clear them: the next
-  // mapping at these addresses (a loop's receive region, say) would be reported as a stack
-  // overflow when touched.
-  SQUALL_UNPOISON(s.base, s.size + s.guard);
+    // A stack that dies with frames on it (the fiber was unwound, or simply ended) leaves
+    // AddressSanitizer's redzone marks in the shadow, and munmap does not clear them: the next
+    // mapping at these addresses (a loop's receive region, say) would be reported as a stack
+    // overflow when touched.
+#if defined(__SANITIZE_ADDRESS__)
+  __asan_unpoison_memory_region(s.base, s.size + s.guard);
+#endif
   ::munmap(s.base, s.size + s.guard);
 }
 

@@ -224,18 +224,15 @@ void io_stream::reserve_read(std::size_t extra) {
 
 // The read buffer, when fill() is about to read: an empty one was given back to the pool
 // before the wait and is borrowed again only now.
-// The read buffer, when fill() is about to read: an empty one was given back to the pool
-// before the wait and is borrowed again only now.
 struct io_stream::read_room final : read_target {
   io_stream& s;
-  std::size_t extra;
-  read_room(io_stream& st, std::size_t x) : s(st), extra(x) {
+  read_room(io_stream& st, std::size_t extra) : s(st) {
     // A buffer borrowed when the bytes come is the pool's last returned one, warm already.
     hint = s.rbuf_ ? s.rbuf_ + s.rend_ : nullptr;
-    at_most = x;  // reserve_read(x) makes at least that much room
+    at_most = extra;  // reserve_read(at_most) makes at least that much room
     get = [](read_target* t, std::size_t* len) -> void* {
       auto* r = static_cast<read_room*>(t);
-      r->s.reserve_read(r->extra);
+      r->s.reserve_read(r->at_most);
       *len = r->s.rcap_ - r->s.rend_;
       return r->s.rbuf_ + r->s.rend_;
     };

@@ -42,9 +42,10 @@ struct io_stream_options {
   // Borrow the read and write buffers from the loop's pool (io_loop::options::free_buffers)
   // when bytes come or go, and give each back as soon as it is empty: an idle stream holds no
   // buffer, and a busy server reuses the few buffers that are warm in the cache instead of
-  // one per connection. A buffer that had to grow past 64 KiB stays with the stream. On
-  // io_uring a read buffer is needed from the moment the receive is submitted, so there it is
-  // held while the stream waits for the peer; on epoll and kqueue only once bytes are there.
+  // one per connection. A buffer that had to grow past 64 KiB stays with the stream. On epoll
+  // and kqueue the read buffer is borrowed only once bytes are there. On io_uring a receive
+  // needs it from its submission, so there it is held while the stream waits for the peer,
+  // unless the loop shares a receive region (io_loop::options::shared_receive_from).
   bool lend_buffers = true;
 };
 

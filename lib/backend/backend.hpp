@@ -120,10 +120,11 @@ class backend {
   // Provided buffers (io_uring's buffer rings): a receive whose buffer the kernel picks only
   // when the bytes arrive, from a region the backend owns, so that a connection waiting for
   // its next request holds no buffer of its own (see io_uring.cpp, provided_region).
-  // provides_buffers() sets it up on first use and says whether the kernel can, and whether
-  // the loop has `shared_from` open sockets (io_loop::options::shared_receive_from; async_fd
-  // counts them in `ring_sockets`).
+  // provides_buffers() sets it up on first use and says whether the kernel can;
+  // shares_receives() also asks that the loop have `shared_from` open sockets
+  // (io_loop::options::shared_receive_from), which async_fd counts in `ring_sockets`.
   virtual bool provides_buffers() noexcept { return false; }
+  bool shares_receives() noexcept { return ring_sockets >= shared_from && provides_buffers(); }
   std::size_t ring_sockets = 0;
   std::size_t shared_from = 0;
   // Queues a receive of up to `len` bytes into the region. A result of -ENOBUFS means the

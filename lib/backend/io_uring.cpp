@@ -21,8 +21,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <utility>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -181,7 +179,6 @@ class io_uring_backend final : public backend {
   }
 
   bool provides_buffers() noexcept override {
-    if (ring_sockets < shared_from) return false;
     if (ring_ok_ && !provided_.tried()) provided_.setup(ring_);
     return provided_.ok();
   }
