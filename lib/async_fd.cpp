@@ -319,7 +319,7 @@ async_fd::async_fd(io_loop& loop, int fd) : st_(std::make_unique<fd_state>()) {
   // Ring operations on sockets block in the kernel, not in us, and an O_NONBLOCK socket would
   // make them fail with EAGAIN instead; everything else is driven by non-blocking syscalls.
   if (int r = set_nonblocking(fd, !waits_on_ring(st)); r < 0) fail_errno(-r, "squall: async_fd");
-  if (waits_on_ring(st)) ++st.be->ring_sockets;  // see io_loop::options::shared_receive_from
+  if (waits_on_ring(st)) st.be->adopt_socket(fd);
   if (!st.ring) {
     st.complete = on_readiness;
     st.warm = warm_readiness;
@@ -351,7 +351,7 @@ io_loop& async_fd::loop() const {
   return *st_->loop;
 }
 
-int async_fd::release() noexcept {
+int async_fd::detach() noexcept {
   if (!st_ || st_->fd < 0) return -1;
   fd_state& st = *st_;
   // End the waits of other fibers first: they must not use the fd once it is given away.
@@ -373,16 +373,26 @@ int async_fd::release() noexcept {
     detail::forget_io(*st.loop, &st);
     st.registered = false;
   }
-  if (waits_on_ring(st)) --st.be->ring_sockets;
   int fd = st.fd;
   st.fd = -1;
+  return fd;
+}
+
+int async_fd::release() noexcept {
+  int fd = detach();
+  if (fd >= 0 && waits_on_ring(*st_)) st_->be->forget_socket(fd);  // after detach()'s flush
   st_.reset();
   return fd;
 }
 
 void async_fd::close() noexcept {
-  int fd = release();
-  if (fd >= 0) ::close(fd);
+  int fd = detach();
+  if (fd < 0) return;
+  if (waits_on_ring(*st_))
+    st_->be->close_socket(fd);
+  else
+    ::close(fd);
+  st_.reset();
 }
 
 namespace {

@@ -277,6 +277,35 @@ TEST_CASE("closing a stream ends another fiber's read with closed") {
   });
 }
 
+TEST_CASE("close() and release() let go of the socket at once: the peer sees the end") {
+  // On io_uring the loop holds a reference of its own to each socket it uses (a fixed-file
+  // entry); one left behind would keep the socket open after the fd is closed.
+  io_loop loop;
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  squall::async_fd a(loop, sv[0]);
+  io_stream b(loop, sv[1]);
+  run_sync(loop, [&] {
+    a.write_some("x", 1);  // an operation on the socket, through its entry if it has one
+    CHECK(b.read_exactly(1, io_loop::now() + 5s) == "x");
+    SUBCASE("release(), then the caller closes the fd") {
+      int fd = a.release();
+      CHECK(fd == sv[0]);
+      CHECK(!a.is_open());
+      CHECK(::send(fd, "y", 1, MSG_NOSIGNAL) == 1);  // still the caller's socket
+      CHECK(b.read_exactly(1, io_loop::now() + 5s) == "y");
+      ::close(fd);
+    }
+    SUBCASE("close()") {
+      a.close();
+    }
+    // Read in the same iteration: the end must be there without the loop waiting first.
+    char c;
+    CHECK(::recv(sv[1], &c, 1, MSG_DONTWAIT) == 0);
+    CHECK(b.read_some(io_loop::now() + 5s).empty());
+  });
+}
+
 TEST_CASE("pipelined writes go out together when the reader has to wait") {
   io_loop loop;
   stream_pair p(loop);

@@ -141,6 +141,7 @@ class async_fd {
 
  private:
   static constexpr int max_exchange_iov = 16;
+  int detach() noexcept;  // release() and close(): all but giving back or closing the fd
   std::size_t deferred_exchange(const iovec* iov, int iovcnt, read_target& target,
                                 time_point deadline, send_notice* notice);
   std::unique_ptr<detail::fd_state> st_;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Backend selection: the option, then SQUALL_BACKEND, then the platform default; io_uring falls
 // back to epoll when the ring cannot be set up (old kernel, seccomp, io_uring_disabled).
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +38,10 @@ int backend::submit_poll(int, unsigned, io_completion*) noexcept {
 }
 int backend::submit_cancel(io_completion*) noexcept {
   return -ENOSYS;
+}
+
+void backend::close_file(int fd) noexcept {
+  ::close(fd);
 }
 
 #if !SQUALL_HAVE_IO_URING

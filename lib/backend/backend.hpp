@@ -127,6 +127,24 @@ class backend {
   bool shares_receives() noexcept { return ring_sockets >= shared_from && provides_buffers(); }
   std::size_t ring_sockets = 0;
   std::size_t shared_from = 0;
+  // An async_fd socket whose operations go on the ring, from its adoption until it is closed
+  // or given back (after any queued operation on it went to the kernel). Counted in
+  // `ring_sockets`; io_uring also enters the fd in a table registered with the kernel (fixed
+  // files), so that no operation on it has to look it up in the process's fd table.
+  void adopt_socket(int fd) noexcept {
+    ++ring_sockets;
+    register_file(fd);
+  }
+  // Given back: the fd stays open, with no entry left.
+  void forget_socket(int fd) noexcept {
+    --ring_sockets;
+    unregister_file(fd);
+  }
+  // Closes the fd and its entry; the socket is closed when this returns, as with close().
+  void close_socket(int fd) noexcept {
+    --ring_sockets;
+    close_file(fd);
+  }
   // Queues a receive of up to `len` bytes into the region. A result of -ENOBUFS means the
   // region was full: receive into a buffer of your own this time.
   virtual int submit_recv_provided(int fd, std::size_t len, bool expect_empty,
@@ -142,6 +160,11 @@ class backend {
   // Asks the kernel to cancel `op`; `op` still gets its completion (-ECANCELED, or its result if
   // it finished first).
   virtual int submit_cancel(io_completion* op) noexcept;
+
+ private:
+  virtual void register_file(int fd) noexcept { (void)fd; }
+  virtual void unregister_file(int fd) noexcept { (void)fd; }
+  virtual void close_file(int fd) noexcept;
 };
 
 // The backend of `loop` (for the fiber I/O layer).
