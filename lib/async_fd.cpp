@@ -306,19 +306,24 @@ async_fd::~async_fd() {
   close();
 }
 
-async_fd::async_fd(io_loop& loop, int fd) : st_(std::make_unique<fd_state>()) {
+async_fd::async_fd(io_loop& loop, int fd, origin how) : st_(std::make_unique<fd_state>()) {
   if (fd < 0) throw std::invalid_argument("squall: async_fd: negative fd");
   fd_state& st = *st_;
   st.loop = &loop;
   st.be = &detail::backend_of(loop);
   st.fd = fd;
   st.ring = st.be->completion_based();
-  struct stat sb;
-  if (::fstat(fd, &sb) != 0) fail_errno(errno, "squall: async_fd");
-  st.socket = S_ISSOCK(sb.st_mode);
-  // Ring operations on sockets block in the kernel, not in us, and an O_NONBLOCK socket would
-  // make them fail with EAGAIN instead; everything else is driven by non-blocking syscalls.
-  if (int r = set_nonblocking(fd, !waits_on_ring(st)); r < 0) fail_errno(-r, "squall: async_fd");
+  if (how == origin::accepted) {
+    st.socket = true;  // and accept() left it in the mode set_nonblocking() would set
+  } else {
+    struct stat sb;
+    if (::fstat(fd, &sb) != 0) fail_errno(errno, "squall: async_fd");
+    st.socket = S_ISSOCK(sb.st_mode);
+    // Ring operations on sockets block in the kernel, not in us, and an O_NONBLOCK socket
+    // would make them fail with EAGAIN instead; everything else is driven by non-blocking
+    // syscalls. (accept() makes its sockets so: see there.)
+    if (int r = set_nonblocking(fd, !waits_on_ring(st)); r < 0) fail_errno(-r, "squall: async_fd");
+  }
   if (waits_on_ring(st)) st.be->adopt_socket(fd);
   if (!st.ring) {
     st.complete = on_readiness;
@@ -908,6 +913,8 @@ int async_fd::accept(address* peer, time_point deadline) {
   address tmp;
   address& a = peer ? *peer : tmp;
   *a.size_ptr() = address::capacity;
+  // In the mode the async_fd constructor sets for a socket (origin::accepted relies on it):
+  // blocking for the ring, non-blocking for readiness.
   if (waits_on_ring(st))
     return ring_run(st, &fd_state::reader, what, deadline, [&](auto* op) {
       return st.be->submit_accept(st.fd, a.data(), reinterpret_cast<unsigned*>(a.size_ptr()),

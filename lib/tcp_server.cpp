@@ -6,6 +6,7 @@
 #include "squall/tcp_server.hpp"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -147,8 +148,9 @@ struct pending_connection {
   std::uint64_t id;
   int fd;
   address peer;
-  pending_connection(state_ptr s, std::uint64_t i, int f, const address& p)
-      : st(std::move(s)), id(i), fd(f), peer(p) {}
+  bool nodelay_inherited;  // from the listener (see add_sockets)
+  pending_connection(state_ptr s, std::uint64_t i, int f, const address& p, bool inherited)
+      : st(std::move(s)), id(i), fd(f), peer(p), nodelay_inherited(inherited) {}
   pending_connection(const pending_connection&) = delete;
   pending_connection& operator=(const pending_connection&) = delete;
   ~pending_connection() {
@@ -171,12 +173,12 @@ void serve_connection(pending_connection& pc) {
   } guard{st, id};
   io_stream stream;
   try {
-    stream = io_stream(async_fd(st->loop, fd), st->opts.stream);
+    stream = io_stream(async_fd(st->loop, fd, async_fd::origin::accepted), st->opts.stream);
   } catch (...) {
     ::close(fd);
     throw;
   }
-  if (st->opts.nodelay && peer.family() != AF_UNIX) {
+  if (st->opts.nodelay && peer.family() != AF_UNIX && !pc.nodelay_inherited) {
     try {
       stream.set_nodelay(true);
     } catch (const std::system_error&) {
@@ -198,11 +200,11 @@ void serve_connection(pending_connection& pc) {
   }
 }
 
-void start_connection(const state_ptr& st, int fd, const address& peer) {
+void start_connection(const state_ptr& st, int fd, const address& peer, bool nodelay_inherited) {
   std::uint64_t id = st->next_conn++;
   ++st->live;
   ++st->accepted;
-  auto pc = std::make_unique<pending_connection>(st, id, fd, peer);
+  auto pc = std::make_unique<pending_connection>(st, id, fd, peer, nodelay_inherited);
   try {
     auto f = spawn(st->loop, [pc = std::move(pc)]() mutable { serve_connection(*pc); },
                    {.name = "conn " + peer.to_string(), .stack_size = st->opts.stack_size});
@@ -220,7 +222,7 @@ bool out_of_resources(const std::error_code& ec) {
                                                      ec.value() == ENOBUFS || ec.value() == ENOMEM);
 }
 
-void accept_loop(state_ptr st, async_fd* listener) {
+void accept_loop(state_ptr st, async_fd* listener, bool nodelay_inherited) {
   auto backoff = std::chrono::milliseconds(10);
   for (;;) {
     while (st->opts.max_connections && st->live >= st->opts.max_connections)
@@ -250,8 +252,22 @@ void accept_loop(state_ptr st, async_fd* listener) {
       st->accept_failing = false;
     }
     backoff = std::chrono::milliseconds(10);
-    start_connection(st, fd, peer);
+    start_connection(st, fd, peer, nodelay_inherited);
   }
+}
+
+// Linux copies TCP_NODELAY (with the rest of the socket's state) from a listening socket to
+// the connections it accepts: set once there, it spares each connection a setsockopt. Other
+// systems differ, so there each connection sets it. True if the connections will have it.
+bool nodelay_on_listener(int fd, const address& local) {
+#ifdef __linux__
+  if (local.family() != AF_INET && local.family() != AF_INET6) return false;
+  int on = 1;
+  return ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0;
+#else
+  (void)fd, (void)local;
+  return false;
+#endif
 }
 
 }  // namespace
@@ -272,9 +288,11 @@ void tcp_server::listen(std::uint16_t port, std::string_view host, bool reuse_po
 void tcp_server::add_sockets(const std::vector<int>& fds) {
   for (int fd : fds) {
     st_->addrs.push_back(local_address(fd));
+    bool inherited = st_->opts.nodelay && nodelay_on_listener(fd, st_->addrs.back());
     st_->listeners.push_back(std::make_unique<async_fd>(st_->loop, fd));
     async_fd* l = st_->listeners.back().get();
-    st_->acceptors.push_back(spawn(st_->loop, [st = st_, l] { accept_loop(st, l); },
+    st_->acceptors.push_back(spawn(st_->loop,
+                                   [st = st_, l, inherited] { accept_loop(st, l, inherited); },
                                    {.name = "accept " + st_->addrs.back().to_string()}));
   }
   st_->stopped = false;

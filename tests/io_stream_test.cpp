@@ -286,8 +286,10 @@ TEST_CASE("close() and release() let go of the socket at once: the peer sees the
   squall::async_fd a(loop, sv[0]);
   io_stream b(loop, sv[1]);
   run_sync(loop, [&] {
-    a.write_some("x", 1);  // an operation on the socket, through its entry if it has one
-    CHECK(b.read_exactly(1, io_loop::now() + 5s) == "x");
+    for (int i = 0; i < 2; ++i) {  // the second through the socket's entry, if it has one
+      a.write_some("x", 1);
+      CHECK(b.read_exactly(1, io_loop::now() + 5s) == "x");
+    }
     SUBCASE("release(), then the caller closes the fd") {
       int fd = a.release();
       CHECK(fd == sv[0]);

@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -411,4 +413,34 @@ TEST_CASE("tcp_connect binds the source address it is given") {
   });
   CHECK(reply == "from .2");
   CHECK(seen.host() == "127.0.0.2");
+}
+
+TEST_CASE(
+    "accepted connections: TCP_NODELAY as the nodelay option says, blocking mode the loop's") {
+  for (bool nodelay : {true, false}) {
+    CAPTURE(nodelay);
+    io_loop loop;
+    int seen_nodelay = -1;
+    int seen_flags = -1;
+    squall::tcp_server server(loop,
+                              [&](io_stream& s, const address& peer) {
+                                socklen_t len = sizeof seen_nodelay;
+                                ::getsockopt(s.handle().fd(), IPPROTO_TCP, TCP_NODELAY,
+                                             &seen_nodelay, &len);
+                                seen_flags = ::fcntl(s.handle().fd(), F_GETFL);
+                                echo(s, peer);
+                              },
+                              {.nodelay = nodelay});
+    server.listen(0, "127.0.0.1");
+    auto reply = run_sync(loop, [&] {
+      io_stream c = squall::tcp_connect(server.addresses().at(0));
+      return ask(c, "ping");
+    });
+    CHECK(reply == "ping");
+    CHECK(seen_nodelay == (nodelay ? 1 : 0));
+    REQUIRE(seen_flags >= 0);
+    // Operations on the ring wait in the kernel; readiness backends need non-blocking sockets.
+    bool ring = loop.backend() == squall::backend_kind::io_uring;
+    CHECK(((seen_flags & O_NONBLOCK) != 0) == !ring);
+  }
 }

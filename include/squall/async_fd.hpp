@@ -58,9 +58,15 @@ struct read_target {
 
 class async_fd {
  public:
+  // What the caller knows of an fd it hands over. `accepted`: it came from accept() on an
+  // async_fd of the same loop, so it is a stream socket already in the mode the loop wants
+  // (blocking on io_uring, non-blocking elsewhere), and adopting it costs no syscall (the
+  // general case asks the kernel what the fd is, fstat, and sets its mode, fcntl).
+  enum class origin { unknown, accepted };
+
   async_fd() noexcept;
   // Adopts `fd` (closes it on destruction) and registers it with `loop`'s backend.
-  async_fd(io_loop& loop, int fd);
+  async_fd(io_loop& loop, int fd, origin how = origin::unknown);
   async_fd(async_fd&&) noexcept;
   async_fd& operator=(async_fd&&) noexcept;
   ~async_fd();
@@ -123,8 +129,9 @@ class async_fd {
   // Must not race another send on the fd.
   long try_write(const iovec* iov, int iovcnt) noexcept;
 
-  // Accepts a connection on a listening socket: returns the new fd (non-blocking, close-on-exec)
-  // and sets `peer` if given.
+  // Accepts a connection on a listening socket: returns the new fd (close-on-exec; blocking on
+  // io_uring, non-blocking elsewhere: adopt it with origin::accepted, or set its mode before
+  // using it outside the loop) and sets `peer` if given.
   int accept(address* peer = nullptr, time_point deadline = time_point::max());
   // Connects a socket.
   void connect(const address& to, time_point deadline = time_point::max());
