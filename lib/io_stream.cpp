@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 
@@ -34,27 +35,54 @@ io_stream::io_stream(io_loop& loop, int fd, io_stream_options opts)
 
 io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), opts_(opts) {
   if (opts_.lend_buffers && fd_.is_open()) pool_ = &detail::buffer_pool_of(fd_.loop());
+  // What a call touches when the fd's next event resumes it (the send's notice, the read's
+  // room): the loop warms it with the event.
+  fd_.set_warm_hint(this);
 }
 
 namespace {
 constexpr std::size_t pool_block = detail::buffer_pool::block_size;
 }  // namespace
 
-// Aligned, with what every call touches (calls, dead, send_done) in its first cache line: a
-// connection's record is cold when its next request comes, and at malloc's alignment these
-// 32 bytes often straddled two lines.
-struct alignas(64) io_stream::life {
-  int calls = 0;         // calls of the stream in progress (suspended or running)
-  bool dead = false;     // the stream was destroyed meanwhile
-  condition send_done;   // a send from the write buffer ended (see sending_)
-  char* rbuf = nullptr;  // buffers handed over by the destructor, freed with the last call
+// One call of the stream that may suspend, from start to end: linked into the stream's list
+// while it lasts. After any wait, `gone()` says whether the stream still exists; if not,
+// nothing of it may be touched. The calls left when a stream is destroyed stay linked among
+// themselves, and one of them holds the stream's buffers, which the kernel may still be using
+// (an io_uring receive completing its cancel): each passes them on to a neighbour when it
+// ends, and the last frees them.
+struct io_stream::call {
+  io_stream* s;
+  call* prev = nullptr;
+  call* next = nullptr;
+  char* rbuf = nullptr;  // the gone stream's buffers, if this call holds them
   char* wbuf = nullptr;
-  // flush_later(): the loop's entry for the end of the iteration.
-  struct later_entry final : detail::io_completion {
-    io_stream* owner = nullptr;
-    io_loop* loop = nullptr;
-    bool queued = false;
-  } later;
+
+  explicit call(io_stream& st) noexcept : s(&st), next(st.calls_) {
+    if (next) next->prev = this;
+    st.calls_ = this;
+  }
+  call(const call&) = delete;
+  call& operator=(const call&) = delete;
+  ~call() {
+    if (prev)
+      prev->next = next;
+    else if (s)
+      s->calls_ = next;
+    if (next) next->prev = prev;
+    if (rbuf || wbuf) {
+      if (call* heir = prev ? prev : next) {
+        heir->rbuf = rbuf;
+        heir->wbuf = wbuf;
+      } else {
+        std::free(rbuf);
+        std::free(wbuf);
+      }
+    }
+  }
+  bool gone() const noexcept { return s == nullptr; }
+  void check() const {
+    if (!s) fail(error::closed, "squall: the stream was destroyed while in use");
+  }
 };
 
 io_stream::io_stream(io_stream&& o) noexcept
@@ -69,71 +97,76 @@ io_stream::io_stream(io_stream&& o) noexcept
       wcap_(std::exchange(o.wcap_, 0)),
       pool_(std::exchange(o.pool_, nullptr)),
       eof_(std::exchange(o.eof_, false)),
+      sending_(std::exchange(o.sending_, false)),
       write_error_(std::exchange(o.write_error_, {})),
       opts_(o.opts_),
-      life_(std::exchange(o.life_, nullptr)) {
-  if (life_) life_->later.owner = this;
+      calls_(std::exchange(o.calls_, nullptr)) {
+  // Whatever is in progress follows the stream to its new place.
+  fd_.set_warm_hint(this);
+  for (call* c = calls_; c; c = c->next)
+    c->s = this;
+  while (detail::waiter* w = o.send_waiters_.pop_front()) {
+    w->data = &send_waiters_;
+    send_waiters_.push_back(*w);
+  }
+  take_later(o.later_);
 }
 
-// One call of the stream that may suspend. After any wait, `gone()` says whether the stream
-// still exists; if not, nothing of it may be touched.
-struct io_stream::call {
-  life* l;
-  explicit call(io_stream& s) : l(&s.get_life()) { ++l->calls; }
-  explicit call(life* lp) : l(lp) { ++l->calls; }
-  call(call&& o) noexcept : l(std::exchange(o.l, nullptr)) {}
-  call(const call&) = delete;
-  call& operator=(const call&) = delete;
-  ~call() {
-    if (l && --l->calls == 0 && l->dead) {
-      std::free(l->rbuf);
-      std::free(l->wbuf);
-      delete l;
-    }
+void io_stream::take_later(later_entry& from) noexcept {
+  if (!from.queued) return;
+  detail::forget_io(*from.loop, &from);
+  from.queued = false;
+  // Queued again, at the end of this iteration's queue: it still runs before the loop waits.
+  try {
+    later_ = from;
+    later_.owner = this;
+    detail::defer_io(*later_.loop, &later_);
+  } catch (...) {
+    later_.queued = false;  // (no memory to queue it: the next read or flush sends the buffer)
   }
-  bool gone() const noexcept { return l->dead; }
-  void check() const {
-    if (l->dead) fail(error::closed, "squall: the stream was destroyed while in use");
-  }
-};
-
-io_stream::life& io_stream::get_life() {
-  if (!life_) {
-    life_ = new life;
-    // Every call checks `dead` after its wait: warm the record with the fd's next event.
-    fd_.set_warm_hint(life_);
-  }
-  return *life_;
 }
 
 // A send from the write buffer, from start to end. A read that sends first ends it as soon as
 // its send is complete (the notice), not when its answer comes, which may take long: other
 // writers may go on meanwhile.
 struct io_stream::sending_scope final : send_notice {
-  io_stream& s;
   call c;
   bool ended = false;
-  explicit sending_scope(io_stream& st) : s(st), c(st) {
-    s.sending_ = true;
+  explicit sending_scope(io_stream& st) noexcept : c(st) {
+    st.sending_ = true;
     sent = [](send_notice* n) noexcept { static_cast<sending_scope*>(n)->end(); };
   }
   void end() noexcept {
     if (ended || c.gone()) return;
     ended = true;
-    s.sending_ = false;
-    s.lend_back_write();  // sent: the kernel is done with the buffer
-    c.l->send_done.notify_all();
+    c.s->end_sending();
   }
   ~sending_scope() { end(); }
 };
 
+void io_stream::end_sending() noexcept {
+  sending_ = false;
+  lend_back_write();  // sent: the kernel is done with the buffer
+  while (detail::waiter* w = send_waiters_.pop_front())
+    detail::wake(*w);
+}
+
 void io_stream::wait_not_sending(time_point deadline) {
   if (!sending_) return;
   call c(*this);
-  while (sending_) {
-    c.l->send_done.wait(deadline);  // the condition lives in `life`: it outlives the stream
-    c.check();
-  }
+  do {
+    detail::waiter w;
+    w.what = "send to end";
+    w.data = &send_waiters_;
+    w.abandon = [](detail::waiter& me) {
+      static_cast<detail::wait_list*>(me.data)->remove(me);
+      detail::wake(me, me.abandon_reason);
+    };
+    send_waiters_.push_back(w);
+    if (std::error_code ec = detail::suspend(w, deadline))
+      throw std::system_error(ec, "squall: write (waiting for a send to end)");
+    c.check();  // woken by the destructor: the stream is gone
+  } while (sending_);
 }
 
 io_stream& io_stream::operator=(io_stream&& o) noexcept {
@@ -145,17 +178,19 @@ io_stream& io_stream::operator=(io_stream&& o) noexcept {
 }
 
 io_stream::~io_stream() {
-  if (life_ && life_->later.queued) detail::forget_io(*life_->later.loop, &life_->later);
+  if (later_.queued) detail::forget_io(*later_.loop, &later_);
   // Fibers waiting on the fd end with error::closed; on io_uring the kernel may still hold a
   // buffer until their operations complete, so calls in progress get the buffers to free.
   fd_.close();
-  if (life_ && life_->calls > 0) {
-    life_->dead = true;
-    life_->rbuf = rbuf_;
-    life_->wbuf = wbuf_;
-    life_->send_done.notify_all();  // waiting writers wake, see the stream gone, and leave
+  // Waiting writers wake, see the stream gone, and leave.
+  while (detail::waiter* w = send_waiters_.pop_front())
+    detail::wake(*w);
+  if (calls_) {
+    for (call* c = calls_; c; c = c->next)
+      c->s = nullptr;
+    calls_->rbuf = rbuf_;
+    calls_->wbuf = wbuf_;
   } else {
-    delete life_;
     // A connection's buffers go to the next one warm; those that grew are freed.
     to_pool(rbuf_, rcap_);
     to_pool(wbuf_, wcap_);
@@ -437,15 +472,15 @@ void io_stream::send_later() noexcept {
     wlen_ -= static_cast<std::size_t>(r);
   }
   try {
-    // The fiber's call keeps `life` (and tells it whether the stream is still there) even if
-    // the fiber never gets to run.
-    spawn(fd_.loop(), [c = call(&get_life())] {
-      if (c.gone()) return;
-      io_stream& s = *c.l->later.owner;
+    // The fiber's call tells it whether the stream is still there, and is in the stream's
+    // list from now on, even if the fiber never gets to run.
+    spawn(fd_.loop(), [c = std::make_unique<call>(*this)] {
+      if (c->gone()) return;
+      io_stream& s = *c->s;
       try {
         s.flush();
       } catch (const std::system_error& e) {
-        if (!c.gone() && !s.write_error_) s.write_error_ = e.code();
+        if (!c->gone() && !s.write_error_) s.write_error_ = e.code();
       }
     });
   } catch (const std::exception&) {
@@ -455,18 +490,16 @@ void io_stream::send_later() noexcept {
 }
 
 void io_stream::flush_later() {
-  if (wlen_ == 0 || write_error_ || !fd_.is_open()) return;
-  life& l = get_life();
-  if (l.later.queued) return;
-  l.later.owner = this;
-  l.later.loop = &fd_.loop();
-  l.later.queued = true;
-  l.later.deferred = [](detail::io_completion* c) noexcept {
-    auto* e = static_cast<life::later_entry*>(c);
+  if (wlen_ == 0 || write_error_ || !fd_.is_open() || later_.queued) return;
+  later_.owner = this;
+  later_.loop = &fd_.loop();
+  later_.deferred = [](detail::io_completion* c) noexcept {
+    auto* e = static_cast<later_entry*>(c);
     e->queued = false;
     e->owner->send_later();
   };
-  detail::defer_io(*l.later.loop, &l.later);
+  detail::defer_io(*later_.loop, &later_);
+  later_.queued = true;
 }
 
 // --- Connection --------------------------------------------------------------------------------

@@ -467,6 +467,41 @@ TEST_CASE("destroying a stream while another fiber waits on it ends that wait wi
   });
 }
 
+TEST_CASE("destroying a stream under a stuck send and two waiting writers ends all three") {
+  // The reader's send cannot finish (the peer reads nothing), so both writers really wait for
+  // it. The calls left behind share the stream's buffers, which the last to end frees: ASan
+  // reports a touch of the freed stream, a double free or a leak.
+  for (int order = 0; order < 2; ++order) {
+    CAPTURE(order);
+    io_loop loop;
+    auto p =
+        std::make_unique<stream_pair>(loop, squall::io_stream_options{.write_high_water = 8 << 20});
+    const std::string big(4 << 20, 'b');
+    bool sending_seen = false;
+    auto reader = spawn(loop, [&] {
+      p->a.write(std::string_view(big).substr(0, 8000));  // buffered, sent by the read
+      p->a.write(std::string_view(big).substr(0, 15000));
+      for (int i = 0; i < 200; ++i)
+        p->a.write(std::string_view(big).substr(0, 15000));
+      p->a.read_some();
+    });
+    auto w1 = spawn(loop, [&] { p->a.write("one"); });
+    auto w2 = spawn(loop, [&] { p->a.write("two"); });
+    run_sync(loop, [&] {
+      this_fiber::sleep_for(20ms);
+      sending_seen = p->a.pending_write() == 0;  // the reader took the buffer to send it
+      p.reset();
+      // The fibers end in either order; both ways the last call frees the buffers.
+      auto& first = order == 0 ? w1 : w2;
+      auto& second = order == 0 ? w2 : w1;
+      CHECK(code_of([&] { first.join(); }) == squall::error::closed);
+      CHECK(code_of([&] { reader.join(); }) == squall::error::closed);
+      CHECK(code_of([&] { second.join(); }) == squall::error::closed);
+    });
+    CHECK(sending_seen);
+  }
+}
+
 TEST_CASE("bytes received while a flush-first read times out are not lost") {
   io_loop loop;
   stream_pair p(loop);

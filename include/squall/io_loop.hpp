@@ -42,7 +42,20 @@ class buffer_pool;
 class timer_heap;
 struct fd_table;
 struct signal_slot;
-struct io_completion;
+
+// The fiber I/O seam's completion record. Readiness backends report an fd registered with
+// add_io() to it (`events`); completion backends report a finished operation to it (`res` is
+// the operation's result or -errno, `flags` the CQE flags). Called on the loop's thread.
+struct io_completion {
+  void (*complete)(io_completion* self, unsigned events, int res, unsigned flags) = nullptr;
+  // Optional: starts loading (prefetching) what the next call will touch: complete(), or with
+  // `for_deferred` set, deferred(). The loop calls it for the next entry of a batch while it
+  // runs the current one.
+  void (*warm)(const io_completion* self, bool for_deferred) noexcept = nullptr;
+  // Set by whoever calls defer_io(): the loop runs it at the end of the iteration.
+  void (*deferred)(io_completion* self) noexcept = nullptr;
+};
+
 backend& backend_of(io_loop& loop) noexcept;
 buffer_pool& buffer_pool_of(io_loop& loop) noexcept;
 void forget_io(io_loop& loop, io_completion* io) noexcept;

@@ -155,20 +155,31 @@ class io_stream {
   // A send from the write buffer is in progress (a flush, or a read flushing first: that one
   // ends when the send is complete, before the answer). Writers wait for it to end before they
   // touch the buffer, so a reading fiber and a writing fiber can share the stream.
-  bool sending_ = false;  // waiters for the end of the send wait on life::send_done
+  bool sending_ = false;
+  detail::wait_list send_waiters_;  // writers waiting for the send to end
   void wait_not_sending(time_point deadline);
+  void end_sending() noexcept;
   struct sending_scope;
   // A send that failed while a read went on (io_uring's send-and-receive): the next write or
   // flush reports it.
   std::error_code write_error_;
   io_stream_options opts_;
-  // Outlives the stream while one of its calls is suspended in some fiber, so that a fiber
+  // The calls of the stream in progress (suspended or running): records on their callers'
+  // stacks, in a list. The destructor tells each that the stream is gone, so that a fiber
   // resuming after another fiber destroyed the stream finds out instead of touching freed
-  // members; it also takes over the buffers the kernel may still be using.
-  struct life;
+  // members, and hands them the buffers the kernel may still be using. (No record of the
+  // stream's own outlives it: a connection's next request touches no memory but the stream,
+  // its fd's state and the fiber's stack.)
   struct call;
-  life* life_ = nullptr;
-  life& get_life();
+  call* calls_ = nullptr;
+  // flush_later(): the loop's entry for the end of the iteration.
+  struct later_entry final : detail::io_completion {
+    io_stream* owner = nullptr;
+    io_loop* loop = nullptr;
+    bool queued = false;
+  };
+  later_entry later_;
+  void take_later(later_entry& from) noexcept;
 };
 
 }  // namespace squall

@@ -19,18 +19,8 @@ struct sockaddr;
 
 namespace squall::detail {
 
-// The fiber I/O seam's completion record. Readiness backends report an fd registered with
-// add_io() to it (`events`); completion backends report a finished operation to it (`res` is
-// the operation's result or -errno, `flags` the CQE flags). Called on the loop's thread.
-struct io_completion {
-  void (*complete)(io_completion* self, unsigned events, int res, unsigned flags) = nullptr;
-  // Optional: starts loading (prefetching) what the next call will touch: complete(), or with
-  // `for_deferred` set, deferred(). The loop calls it for the next entry of a batch while it
-  // runs the current one.
-  void (*warm)(const io_completion* self, bool for_deferred) noexcept = nullptr;
-  // Set by whoever calls defer_io(): the loop runs it at the end of the iteration.
-  void (*deferred)(io_completion* self) noexcept = nullptr;
-};
+// io_completion, the fiber I/O seam's completion record, is in squall/io_loop.hpp (io_stream
+// embeds one).
 
 // Runs io->deferred(io) at the end of the loop's current iteration, after its callbacks and
 // before it polls again (readiness backends send the iteration's writes together there, as
