@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 namespace squall::detail {
 
@@ -28,45 +29,42 @@ class buffer_pool {
   buffer_pool(const buffer_pool&) = delete;
   buffer_pool& operator=(const buffer_pool&) = delete;
   ~buffer_pool() {
-    while (head_) {
-      node* n = head_;
-      head_ = n->next;
-      n->~node();
-      std::free(n);
-    }
+    for (char* b : free_)
+      std::free(b);
   }
 
   // The buffer given back last, or a new one. Throws std::bad_alloc.
   char* take() {
-    if (node* n = head_) {
-      head_ = n->next;
-      --free_;
-      n->~node();
-      return reinterpret_cast<char*>(n);
+    if (!free_.empty()) {
+      char* b = free_.back();
+      free_.pop_back();
+      return b;
     }
     auto* b = static_cast<char*>(std::malloc(block_size));
     if (!b) throw std::bad_alloc();
     return b;
   }
 
-  // Takes back a buffer from take() (or any malloc() block of block_size bytes).
+  // Takes back a buffer from take() (or any malloc() block of block_size bytes). The free
+  // buffers are listed apart, not linked through themselves: a buffer comes back when the
+  // kernel is done with it, a whole batch of connections later, and writing a link into it
+  // then cost a cache (and TLB) miss per request at 1,000 connections.
   void give(char* b) noexcept {
-    if (free_ >= max_free_) {
+    if (free_.size() >= max_free_) {
       std::free(b);
       return;
     }
-    head_ = new (b) node{head_};  // the link lives in the free buffer itself
-    ++free_;
+    try {
+      free_.push_back(b);
+    } catch (...) {
+      std::free(b);
+    }
   }
 
-  std::size_t free_count() const noexcept { return free_; }
+  std::size_t free_count() const noexcept { return free_.size(); }
 
  private:
-  struct node {
-    node* next;
-  };
-  node* head_ = nullptr;
-  std::size_t free_ = 0;
+  std::vector<char*> free_;  // a stack: the last given back is taken first
   std::size_t max_free_;
 };
 
