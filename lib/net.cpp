@@ -86,12 +86,40 @@ std::uint16_t address::port() const noexcept {
   return 0;
 }
 
+namespace {
+
+// Writes `n` (0-65535) in decimal at `out`; returns the end. inet_ntop and std::to_string go
+// through snprintf, and a server formats every accepted peer (its fiber's name, the HTTP
+// server's remote_ip): that was about 1.4% of the CPU of a connection-per-request load.
+char* put_decimal(char* out, unsigned n) noexcept {
+  char digits[5];
+  int k = 0;
+  do {
+    digits[k++] = static_cast<char>('0' + n % 10);
+    n /= 10;
+  } while (n != 0);
+  while (k > 0)
+    *out++ = digits[--k];
+  return out;
+}
+
+// "a.b.c.d" at `out` (room for 15 bytes); returns the end.
+char* put_ipv4(char* out, const in_addr& a) noexcept {
+  const auto* b = reinterpret_cast<const unsigned char*>(&a.s_addr);
+  for (int i = 0; i < 4; ++i) {
+    if (i > 0) *out++ = '.';
+    out = put_decimal(out, b[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string address::host() const {
   char buf[INET6_ADDRSTRLEN];
   if (family() == AF_INET) {
-    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr, buf,
-                sizeof buf);
-    return buf;
+    char* end = put_ipv4(buf, reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr);
+    return std::string(buf, end);
   }
   if (family() == AF_INET6) {
     ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, buf,
@@ -109,7 +137,13 @@ std::string address::host() const {
 }
 
 std::string address::to_string() const {
-  if (family() == AF_INET) return host() + ":" + std::to_string(port());
+  if (family() == AF_INET) {
+    char buf[24];  // "255.255.255.255:65535"
+    char* end = put_ipv4(buf, reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr);
+    *end++ = ':';
+    end = put_decimal(end, port());
+    return std::string(buf, end);
+  }
   if (family() == AF_INET6) return "[" + host() + "]:" + std::to_string(port());
   return host();
 }

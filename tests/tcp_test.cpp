@@ -3,6 +3,7 @@
 // black-holed address, Unix sockets, UDP, and thousands of connections from another process.
 #include "squall/tcp_server.hpp"
 
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -396,6 +397,42 @@ TEST_CASE("a connection accepted in the same iteration as a shutdown is closed, 
   CHECK(::recv(c, &b, 1, 0) == 0);  // EOF: the server side was closed
   ::close(c);
   (void)served;
+}
+
+TEST_CASE("address: IPv4 and IPv6 text, checked against inet_ntop") {
+  auto from_bits = [](std::uint32_t host_order, std::uint16_t port) {
+    sockaddr_in v4{};
+    v4.sin_family = AF_INET;
+    v4.sin_addr.s_addr = htonl(host_order);
+    v4.sin_port = htons(port);
+    return address(reinterpret_cast<const sockaddr*>(&v4), sizeof v4);
+  };
+  auto ntop = [](std::uint32_t host_order) {
+    in_addr a{htonl(host_order)};
+    char buf[INET_ADDRSTRLEN];
+    REQUIRE(::inet_ntop(AF_INET, &a, buf, sizeof buf) != nullptr);
+    return std::string(buf);
+  };
+  std::vector<std::uint32_t> cases = {0,           0xffffffffu, 0x7f000001u, 0x0a000c03u,
+                                      0x01020304u, 0xc0a80064u, 0x09630a00u, 0x64646464u};
+  std::uint32_t x = 2463534242u;  // xorshift: the same addresses every run
+  for (int i = 0; i < 10000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    cases.push_back(x);
+  }
+  for (std::uint32_t bits : cases) {
+    std::uint16_t port = static_cast<std::uint16_t>(bits * 2654435761u >> 16);
+    address a = from_bits(bits, port);
+    REQUIRE(a.host() == ntop(bits));
+    REQUIRE(a.to_string() == ntop(bits) + ":" + std::to_string(port));
+  }
+  CHECK(from_bits(0xffffffffu, 65535).to_string() == "255.255.255.255:65535");
+  CHECK(from_bits(0, 0).to_string() == "0.0.0.0:0");
+  CHECK(address::ip("10.0.0.1", 8).to_string() == "10.0.0.1:8");
+  CHECK(address::ip("::1", 80).to_string() == "[::1]:80");
+  CHECK(address::ip("2001:db8::10", 443).host() == "2001:db8::10");
 }
 
 TEST_CASE("tcp_connect binds the source address it is given") {

@@ -253,9 +253,9 @@ struct alignas(64) connection {
   std::string xremote_ip;  // xheaders only: cleared per request when they are on
   const address& peer;
   squall::detail::fiber_record* fib = squall::detail::current_fiber();
-  std::size_t open_index = 0;  // in server::state::open
-  std::string head_copy;       // the head, once detached
-  std::string peer_ip;
+  std::size_t open_index = 0;               // in server::state::open
+  std::string head_copy;                    // the head, once detached
+  mutable std::string peer_ip;              // the peer's address as text, made when first asked for
   time_point read_cap = time_point::max();  // bounds every body read (dropping an unread body)
   chunked_decoder chunks;
   std::string body_buf;  // decoded (chunked or gunzipped) bodies
@@ -264,10 +264,15 @@ struct alignas(64) connection {
   std::optional<gzip::deflater> deflate;
   std::string gz_out;
 
+  // Not formatted at accept: most requests never ask (remote_ip(), the debug log).
+  const std::string& peer_text() const {
+    if (peer_ip.empty()) peer_ip = peer.family() == AF_UNIX ? std::string("unix") : peer.host();
+    return peer_ip;
+  }
+
   connection(server::state& state, io_stream& stream, const address& p)
       : st(state), s(stream), parser(state.opts.limits), peer(p), chunks(state.opts.limits) {
     head.headers.reserve(16);
-    peer_ip = p.family() == AF_UNIX ? std::string("unix") : p.host();
   }
 
   // Runs one of this connection's own I/O steps for the handler, noting a failure, so that
@@ -476,8 +481,8 @@ void connection::run_handler() {
     if (!finished) own_io([&] { finish(); });
     return;
   } catch (const request_error& e) {
-    log(log_level::debug, "http", "%s %.*s: %d %s", peer_ip.c_str(), int(path.size()), path.data(),
-        e.status(), e.what());
+    log(log_level::debug, "http", "%s %.*s: %d %s", peer_text().c_str(), int(path.size()),
+        path.data(), e.status(), e.what());
     if (started) return;
     reset_response();
     if (e.close()) close_after = true;
@@ -520,7 +525,7 @@ bool connection::keep_alive() const {
 
 // A request we cannot serve: answer and close.
 void connection::refuse(int code, const char* why) {
-  log(log_level::debug, "http", "refused a request from %s: %d %s", peer_ip.c_str(), code, why);
+  log(log_level::debug, "http", "refused a request from %s: %d %s", peer_text().c_str(), code, why);
   reset_response();
   head.clear();  // whatever a failed parse left points into bytes that may have moved
   head.keep_alive = false;
@@ -954,8 +959,8 @@ std::string_view request::header(std::string_view name) const noexcept {
 const address& request::peer() const noexcept {
   return c_.peer;
 }
-std::string_view request::remote_ip() const noexcept {
-  return c_.xremote_ip.empty() ? std::string_view(c_.peer_ip) : std::string_view(c_.xremote_ip);
+std::string_view request::remote_ip() const {
+  return c_.xremote_ip.empty() ? std::string_view(c_.peer_text()) : std::string_view(c_.xremote_ip);
 }
 std::string_view request::protocol() const noexcept {
   return c_.https ? "https" : "http";

@@ -73,7 +73,7 @@ class request {
   // from X-Real-IP or the last X-Forwarded-For entry, and protocol() from X-Forwarded-Proto or
   // X-Scheme ("http" or "https" only), when those hold valid values (Tornado's xheaders).
   const address& peer() const noexcept;
-  std::string_view remote_ip() const noexcept;
+  std::string_view remote_ip() const;  // formats the address on first use: may allocate
   std::string_view protocol() const noexcept;
 
   // A capture of the route that matched ("{name}" in the pattern), or an empty view.
