@@ -381,7 +381,7 @@ void line_aligned_delete(void* p) noexcept {
 
 // --- Spawning, joining, cancelling ------------------------------------------------------------
 
-void spawn_record(io_loop& loop, fiber_record* rec, const fiber_options& opts) {
+void spawn_record(io_loop& loop, fiber_record* rec, fiber_options&& opts) {
   scheduler& s = sched_of(loop);
   prepare_overflow_reporting();
   std::size_t size = opts.stack_size ? opts.stack_size : s.config.stack_size;
@@ -389,7 +389,10 @@ void spawn_record(io_loop& loop, fiber_record* rec, const fiber_options& opts) {
   rec->loop = &loop;
   rec->sched = &s;
   rec->id = s.next_id++;
-  rec->name = opts.name.empty() ? "fiber-" + std::to_string(rec->id) : opts.name;
+  if (opts.name.empty())
+    rec->name = "fiber-" + std::to_string(rec->id);
+  else
+    rec->name = std::move(opts.name);  // a copy was an allocation per accepted connection
   rec->stack_base = st.base;
   rec->stack_size = st.size;
   rec->guard_size = st.guard;

@@ -177,7 +177,7 @@ struct fiber_record_t<void> final : fiber_record {
 };
 
 // Spawns a prepared record (the non-template part of spawn()).
-void spawn_record(io_loop& loop, fiber_record* rec, const fiber_options& opts);
+void spawn_record(io_loop& loop, fiber_record* rec, fiber_options&& opts);  // takes the name
 void release(fiber_record* rec) noexcept;
 void cancel(fiber_record* rec) noexcept;
 // Waits in the calling fiber until `rec` has finished; rethrows its exception.
@@ -259,7 +259,7 @@ auto spawn(io_loop& loop, F fn, fiber_options opts = {}) -> fiber<std::invoke_re
   rec->fn = std::move(fn);
   rec->refs = 2;  // the scheduler's and the handle's
   try {
-    detail::spawn_record(loop, rec, opts);
+    detail::spawn_record(loop, rec, std::move(opts));
   } catch (...) {
     delete rec;
     throw;
