@@ -1001,6 +1001,9 @@ void response::add_header(std::string_view name, std::string_view value) {
   if (iequals(name, "Content-Length") || iequals(name, "Transfer-Encoding"))
     throw std::invalid_argument(
         "squall: Content-Length and Transfer-Encoding are the server's (use set_content_length)");
+  // Room for a typical response's fields at once: growing from empty took two allocations per
+  // connection. Kept across the connection's requests (reset_response() only clears it).
+  if (c_.fields.capacity() < 256) c_.fields.reserve(256);
   c_.fields.append(name).append(": ").append(value).append("\r\n");
 }
 
