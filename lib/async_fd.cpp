@@ -31,15 +31,7 @@ namespace detail {
 // Two cache lines, aligned: every request on a connection touches both (the event, the
 // wait, the deferred send), and a 136-byte record at malloc's alignment spanned three. The
 // first line has what dispatching an event reads.
-struct alignas(64) fd_state final : io_completion {
-  // Not through aligned new: see detail::line_aligned_new.
-  static void* operator new(std::size_t n) { return detail::line_aligned_new(n); }
-  static void* operator new(std::size_t n, std::align_val_t) { return detail::line_aligned_new(n); }
-  static void operator delete(void* p) noexcept { detail::line_aligned_delete(p); }
-  static void operator delete(void* p, std::align_val_t) noexcept {
-    detail::line_aligned_delete(p);
-  }
-
+struct alignas(64) fd_state final : io_completion, line_aligned {
   int fd = -1;
   bool ring = false;        // operations go on the io_uring ring
   bool socket = false;      // sockets use send/recv (MSG_NOSIGNAL); others read/write

@@ -362,23 +362,6 @@ void wake_now(waiter& w, std::error_code ec) {
   resume(f);
 }
 
-// --- Record memory -------------------------------------------------------------------------
-
-void* line_aligned_new(std::size_t n) {
-  constexpr std::size_t line = 64;
-  // The ordinary allocator aligns to at least 16, so the first line boundary past the slot for
-  // the original pointer lies within `line` bytes of the block's start.
-  void* raw = ::operator new(n + line);
-  auto at = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + line - 1) & ~(line - 1);
-  void* p = reinterpret_cast<void*>(at);
-  static_cast<void**>(p)[-1] = raw;
-  return p;
-}
-
-void line_aligned_delete(void* p) noexcept {
-  if (p) ::operator delete(static_cast<void**>(p)[-1]);
-}
-
 // --- Spawning, joining, cancelling ------------------------------------------------------------
 
 void spawn_record(io_loop& loop, fiber_record* rec, fiber_options&& opts) {

@@ -99,6 +99,21 @@ void defer_io(io_loop& loop, io_completion* io) {
   loop.fds_->deferred.push_back(io);
 }
 
+void* line_aligned_new(std::size_t n) {
+  constexpr std::size_t line = 64;
+  // The ordinary allocator aligns to at least 16, so the first line boundary past the slot for
+  // the original pointer lies within `line` bytes of the block's start.
+  void* raw = ::operator new(n + line);
+  auto at = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + line - 1) & ~(line - 1);
+  void* p = reinterpret_cast<void*>(at);
+  static_cast<void**>(p)[-1] = raw;
+  return p;
+}
+
+void line_aligned_delete(void* p) noexcept {
+  if (p) ::operator delete(static_cast<void**>(p)[-1]);
+}
+
 }  // namespace detail
 
 namespace {

@@ -25,7 +25,6 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
-#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -110,22 +109,10 @@ void abandon(waiter& w, std::error_code reason);
 // The fiber the calling code runs in, or nullptr on the loop's own stack.
 fiber_record* current_fiber() noexcept;
 
-// Memory for a record that must start on a cache line (a fiber's, a socket's). C++17's
-// aligned new goes to glibc's memalign, which carves the block out of a larger chunk and
-// frees the rest: about 600 instructions a call, twice per accepted connection. This asks the
-// ordinary allocator (its fast paths) for one line more and aligns within it.
-void* line_aligned_new(std::size_t n);
-void line_aligned_delete(void* p) noexcept;
-
 // The part of a fiber that does not depend on its result type. Aligned, with what a switch
 // and a wait touch in the first cache line (after the vtable pointer): the loop prefetches
 // that line before it resumes a fiber whose record has gone cold.
-struct alignas(64) fiber_record {
-  static void* operator new(std::size_t n) { return line_aligned_new(n); }
-  static void* operator new(std::size_t n, std::align_val_t) { return line_aligned_new(n); }
-  static void operator delete(void* p) noexcept { line_aligned_delete(p); }
-  static void operator delete(void* p, std::align_val_t) noexcept { line_aligned_delete(p); }
-
+struct alignas(64) fiber_record : line_aligned {
   virtual ~fiber_record() = default;
   virtual void run_body() = 0;  // runs the function; stores its value or exception
   // Destroys the function and its captures: done when the fiber finishes, ran or not, so that
