@@ -159,9 +159,17 @@ void warm_readiness(const detail::io_completion* c, bool for_deferred) noexcept 
   if (st->writer) detail::prefetch_stack(st->writer, warm_below);
 }
 
-// A ring operation's record lives on the waiting fiber's stack.
-void warm_ring_op(const detail::io_completion* c, bool) noexcept {
+// A ring operation's record lives on the waiting fiber's stack. Its completion also touches
+// the fd's state (the wait gives its slot back) and the fiber's record (the switch): on
+// readiness backends the fd's state is the completion record itself, here it is not.
+void warm_ring_target(const detail::io_completion* c, const void* state,
+                      const void* fiber) noexcept {
   detail::prefetch_stack(c, warm_below);
+  if (state) {
+    __builtin_prefetch(state);
+    __builtin_prefetch(static_cast<const char*>(state) + 64);
+  }
+  __builtin_prefetch(fiber);
 }
 
 void wait_edge(fd_state& st, slot_ptr slot, const char* what, time_point deadline) {
@@ -213,6 +221,11 @@ struct ring_op final : detail::io_completion, waiter {
   unsigned cflags = 0;
   unsigned events = 0;  // a provided receive's offset (backend::provided_bytes())
 };
+
+void warm_ring_op(const detail::io_completion* c, bool) noexcept {
+  auto* op = static_cast<const ring_op*>(c);
+  warm_ring_target(c, op->data, op->fiber);
+}
 
 void on_ring_complete(detail::io_completion* c, unsigned events, int res, unsigned flags) {
   auto* op = static_cast<ring_op*>(c);
@@ -514,6 +527,8 @@ namespace {
 struct duplex {
   struct op final : detail::io_completion {
     duplex* d = nullptr;
+    const void* state = nullptr;  // for warm(): the fd's state and the fiber's record
+    const void* fiber = nullptr;
     int res = 0;
     unsigned cflags = 0;
     unsigned events = 0;  // a provided receive's offset (backend::provided_bytes())
@@ -560,6 +575,11 @@ struct duplex {
   // fiber keeps waiting until both completions are in.
   static void abandon(waiter& w) { static_cast<wait&>(w).d->cancel_busy(); }
 };
+
+void warm_duplex_op(const detail::io_completion* c, bool) noexcept {
+  auto* o = static_cast<const duplex::op*>(c);
+  warm_ring_target(c, o->state, o->fiber);
+}
 
 std::size_t iov_bytes(const iovec* iov, int iovcnt) noexcept {
   std::size_t n = 0;
@@ -718,7 +738,9 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
   d.notice = notice;
   d.send.d = d.recv.d = &d;
   d.send.complete = d.recv.complete = duplex::on_complete;
-  d.send.warm = d.recv.warm = warm_ring_op;
+  d.send.warm = d.recv.warm = warm_duplex_op;
+  d.send.state = d.recv.state = st_.get();
+  d.send.fiber = d.recv.fiber = detail::current_fiber();
   iovec left[max_iov];
   for (int i = 0; i < iovcnt; ++i)
     left[i] = iov[i];
