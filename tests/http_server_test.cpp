@@ -5,9 +5,12 @@
 #include <dirent.h>
 
 #include <atomic>
+#include <cctype>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include "doctest/doctest.h"
 #include "http_test_util.hpp"
@@ -92,6 +95,111 @@ TEST_CASE("a GET gets status, Date, Server, Content-Length and the body") {
   CHECK(header_of(r, "content-type") == "text/plain");
   CHECK(header_of(r, "connection") == "");
   CHECK(body_of(r) == "hello\n");
+}
+
+TEST_CASE("add_header refuses non-token names and CR, LF, NUL in values, at every position") {
+  // RFC 9110 5.6.2 tchar and 5.5 field values, written out here independently of the server.
+  auto tchar = [](unsigned char c) {
+    return std::isalnum(c) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(char(c)) != std::string_view::npos;
+  };
+  auto value_ok = [](unsigned char c) { return c != '\r' && c != '\n' && c != '\0'; };
+  fixture f;
+  std::string wrong;  // every verdict that differs from the rules above
+  int accepted = 0;
+  // GET /C tries byte C at each position of names and values of 1 to 40 bytes: checks that
+  // take several bytes at a time must get every offset within a word, and the tail, right.
+  f.start([&](http::request& req, http::response& resp) {
+    int c = std::stoi(std::string(req.path().substr(1)));
+    auto refused = [&](std::string_view name, std::string_view value) {
+      try {
+        resp.add_header(name, value);
+        ++accepted;
+        return false;
+      } catch (const std::invalid_argument&) {
+        return true;
+      }
+    };
+    for (std::size_t len = 1; len <= 40; ++len) {
+      for (std::size_t at = 0; at < len; ++at) {
+        std::string name(len, 'x'), value(len, 'v');
+        name[at] = value[at] = static_cast<char>(c);
+        std::string where =
+            std::to_string(c) + "@" + std::to_string(at) + "/" + std::to_string(len) + " ";
+        if (refused(name, "v") == tchar(static_cast<unsigned char>(c))) wrong += "name " + where;
+        if (refused("X-Value", value) == value_ok(static_cast<unsigned char>(c)))
+          wrong += "value " + where;
+      }
+    }
+    if (!refused("", "v")) wrong += "empty-name ";
+    if (refused("X-Empty", "")) wrong += "empty-value ";
+    resp.add_header("X-Last", "kept");
+    resp.send("checked " + std::to_string(c));
+  });
+  auto rs = f.peer([&] {
+    raw_client c(f.port);
+    std::vector<std::string> out;
+    for (int i = 0; i < 256; ++i) {
+      c.send("GET /" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      out.push_back(c.response());
+    }
+    return out;
+  });
+  CHECK(wrong == "");
+  CHECK(accepted > 256 * 820);  // every value byte but three, at 820 places each
+  REQUIRE(rs.size() == 256);
+  for (int i = 0; i < 256; ++i) {
+    CHECK(rs[i].starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(header_of(rs[i], "x-last") == "kept");
+    CHECK(body_of(rs[i]) == "checked " + std::to_string(i));
+  }
+}
+
+TEST_CASE("the head: Date follows the clock, Server is the option's, a reason is the handler's") {
+  fixture f;
+  http::server_options o;
+  o.server_name = "probe/1";
+  f.start(
+      [](http::request& req, http::response& resp) {
+        if (req.path() == "/fine") resp.set_status(200, "Fine");
+        if (req.path() == "/missing") resp.set_status(404);
+        resp.send("x");
+      },
+      std::move(o));
+  // The Date field's text for a time, as RFC 9110 5.6.7 (IMF-fixdate) writes it.
+  auto imf = [](std::time_t t) {
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    return std::string(buf);
+  };
+  struct seen {
+    std::string response;
+    std::time_t before, after;
+  };
+  auto rs = f.peer([&] {
+    raw_client c(f.port);
+    std::vector<seen> out;
+    for (std::string path : {"/", "/fine", "/missing", "/"}) {
+      if (out.size() == 3) std::this_thread::sleep_for(1100ms);  // the next second, at least
+      std::time_t before = std::time(nullptr);
+      c.send("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      std::string r = c.response();
+      out.push_back({r, before, std::time(nullptr)});
+    }
+    return out;
+  });
+  REQUIRE(rs.size() == 4);
+  CHECK(rs[0].response.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(rs[1].response.starts_with("HTTP/1.1 200 Fine\r\n"));
+  CHECK(rs[2].response.starts_with("HTTP/1.1 404 Not Found\r\n"));
+  for (const auto& r : rs) {
+    CHECK(header_of(r.response, "server") == "probe/1");
+    std::string date = header_of(r.response, "date");
+    CHECK((date == imf(r.before) || date == imf(r.after)));
+  }
+  CHECK(header_of(rs[3].response, "date") != header_of(rs[0].response, "date"));
 }
 
 TEST_CASE("keep-alive: several requests on one connection") {
