@@ -151,8 +151,7 @@ void io_stream::end_sending() noexcept {
     detail::wake(*w);
 }
 
-void io_stream::wait_not_sending(time_point deadline) {
-  if (!sending_) return;
+void io_stream::wait_for_send(time_point deadline) {
   call c(*this);
   do {
     detail::waiter w;

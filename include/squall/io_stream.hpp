@@ -157,7 +157,12 @@ class io_stream {
   // touch the buffer, so a reading fiber and a writing fiber can share the stream.
   bool sending_ = false;
   detail::wait_list send_waiters_;  // writers waiting for the send to end
-  void wait_not_sending(time_point deadline);
+  // Returns at once when no send is in progress (the usual case: the check is inline, the wait
+  // is not).
+  void wait_not_sending(time_point deadline) {
+    if (sending_) wait_for_send(deadline);
+  }
+  void wait_for_send(time_point deadline);
   void end_sending() noexcept;
   struct sending_scope;
   // A send that failed while a read went on (io_uring's send-and-receive): the next write or
