@@ -395,28 +395,29 @@ void io_stream::write(std::string_view data, time_point deadline) {
 
 namespace {
 
+// Copies n bytes, for sizeof(Word) <= n <= 2 * sizeof(Word), as two words that may overlap.
+template <class Word>
+inline void copy_two_words(char* to, const char* from, std::size_t n) noexcept {
+  Word first, last;
+  std::memcpy(&first, from, sizeof(Word));
+  std::memcpy(&last, from + n - sizeof(Word), sizeof(Word));
+  std::memcpy(to, &first, sizeof(Word));
+  std::memcpy(to + n - sizeof(Word), &last, sizeof(Word));
+}
+
 // Copies one piece of a gathered write. Most are short (a response head's lines), and for those
 // two overlapping moves of a fixed size cost less than a call into memcpy. An empty piece may
 // have a null data(), which memcpy must not be given.
 inline void copy_piece(char* to, const char* from, std::size_t n) noexcept {
-  if (n > 16) {
+  if (n > 16)
     std::memcpy(to, from, n);
-  } else if (n >= 8) {
-    std::uint64_t a, b;
-    std::memcpy(&a, from, 8);
-    std::memcpy(&b, from + n - 8, 8);
-    std::memcpy(to, &a, 8);
-    std::memcpy(to + n - 8, &b, 8);
-  } else if (n >= 4) {
-    std::uint32_t a, b;
-    std::memcpy(&a, from, 4);
-    std::memcpy(&b, from + n - 4, 4);
-    std::memcpy(to, &a, 4);
-    std::memcpy(to + n - 4, &b, 4);
-  } else {
+  else if (n >= 8)
+    copy_two_words<std::uint64_t>(to, from, n);
+  else if (n >= 4)
+    copy_two_words<std::uint32_t>(to, from, n);
+  else
     for (std::size_t i = 0; i < n; ++i)
       to[i] = from[i];
-  }
 }
 
 }  // namespace

@@ -339,6 +339,17 @@ struct alignas(64) connection {
 
   // Response.
   void write_head(std::string_view extra);
+  // "HTTP/1.1 404 " written into `buf`, and the reason phrase after it.
+  std::string_view status_start(char (&buf)[16]) const noexcept {
+    std::memcpy(buf, "HTTP/1.1 000 ", 13);
+    buf[9] = static_cast<char>('0' + status / 100);
+    buf[10] = static_cast<char>('0' + status / 10 % 10);
+    buf[11] = static_cast<char>('0' + status % 10);
+    return {buf, 13};
+  }
+  std::string_view status_reason() const noexcept {
+    return reason.empty() ? reason_phrase(status) : std::string_view(reason);
+  }
   void hijack();
   void reset_response();
   void send(std::string_view body);
@@ -806,14 +817,10 @@ void connection::write_head(std::string_view framing) {
     s.write(pieces);
     return;
   }
-  char status_line[16] = "HTTP/1.1 000 ";
-  status_line[9] = static_cast<char>('0' + status / 100);
-  status_line[10] = static_cast<char>('0' + status / 10 % 10);
-  status_line[11] = static_cast<char>('0' + status % 10);
-  std::string_view why = reason.empty() ? reason_phrase(status) : std::string_view(reason);
+  char line[16];
   std::string_view pieces[] = {
-      {status_line, 13}, why,       "\r\n", st.server_line, date.view(), fields,
-      framing,           conn_line, "\r\n",
+      status_start(line), status_reason(), "\r\n", st.server_line, date.view(), fields, framing,
+      conn_line,          "\r\n",
   };
   s.write(pieces);
 }
@@ -821,12 +828,9 @@ void connection::write_head(std::string_view framing) {
 // The head as the handler set it, then the stream is the handler's: the request's bytes are
 // taken off it, and the connection ends with the handler.
 void connection::hijack() {
-  std::string_view why = reason.empty() ? reason_phrase(status) : std::string_view(reason);
-  char status_line[16] = "HTTP/1.1 000 ";
-  status_line[9] = static_cast<char>('0' + status / 100);
-  status_line[10] = static_cast<char>('0' + status / 10 % 10);
-  status_line[11] = static_cast<char>('0' + status % 10);
-  std::string_view pieces[] = {{status_line, 13}, why, "\r\n", st.server_line, fields, "\r\n"};
+  char line[16];
+  std::string_view pieces[] = {status_start(line), status_reason(), "\r\n",
+                               st.server_line,     fields,          "\r\n"};
   s.write(pieces);
   s.flush();
   started = finished = hijacked = close_after = true;
