@@ -545,6 +545,7 @@ struct duplex {
   bool sent_all = false;
   bool ending = false;  // ending early: every completion goes to the fiber
   send_notice* notice = nullptr;
+  const void* notice_hint = nullptr;  // what the notice touches (the fd's warm hint: a stream)
 
   void all_sent() noexcept {
     sent_all = true;
@@ -578,6 +579,19 @@ struct duplex {
 
 void warm_duplex_op(const detail::io_completion* c, bool) noexcept {
   auto* o = static_cast<const duplex::op*>(c);
+  const duplex* d = o->d;
+  if (o == &d->send && d->recv.busy && !d->ending) {
+    // A send that ends while its receive waits is usually taken in the loop (on_complete): it
+    // tells the notice (in the caller's frame) and the fiber sleeps on, so its stack is not
+    // swept. That sweep, for a fiber that did not run, was a tenth of an io_uring request's
+    // instructions.
+    __builtin_prefetch(d->notice);
+    if (d->notice_hint) {
+      __builtin_prefetch(d->notice_hint);
+      __builtin_prefetch(static_cast<const char*>(d->notice_hint) + 64);
+    }
+    return;
+  }
   warm_ring_target(c, o->state, o->fiber);
 }
 
@@ -685,23 +699,30 @@ std::size_t async_fd::deferred_exchange(const iovec* iov, int iovcnt, read_targe
   fd_state::send_state how = std::exchange(st.dsend, fd_state::send_state::none);
   st.dsend_notice = nullptr;
   if (how == fd_state::send_state::failed) fail_errno(st.dsend_errno, what);
-  if (how != fd_state::send_state::sent) {
-    // Not (all) sent by the loop: woken before its turn (an edge, a deadline, a cancel), or the
-    // socket buffer was full. The rest is still ours to send, and comes first. (The loop's
-    // entry, if still queued, finds `none` and does nothing.)
-    iovec rest[max_exchange_iov];
-    int n = skip_bytes(iov, iovcnt, how == fd_state::send_state::partial ? st.dsend_done : 0, rest);
-    if (ec) {
-      // The wait already ended (and used up a cancel): one attempt that does not wait, then
-      // the wait's error, as a cancelled write_all would have ended.
-      (void)send_iov(st.fd, rest, n, MSG_DONTWAIT);
-      fail(ec, what);
-    }
-    write_all(rest, n, deadline);
-    if (notice) notice->sent(notice);
-  }
+  if (how != fd_state::send_state::sent)
+    send_rest(iov, iovcnt, how == fd_state::send_state::partial ? st.dsend_done : 0, ec, deadline,
+              notice);
   if (ec) fail(ec, what);
   return read_some(target, deadline);
+}
+
+// Not (all) sent by the loop: woken before its turn (an edge, a deadline, a cancel), or the
+// socket buffer was full. The rest is still ours to send, and comes first. (The loop's entry, if
+// still queued, finds `none` and does nothing.) Out of line: its vector would otherwise sit in
+// every waiting connection's stack frame, which the loop prefetches when it resumes the fiber.
+[[gnu::noinline]] void async_fd::send_rest(const iovec* iov, int iovcnt, std::size_t done,
+                                           std::error_code ec, time_point deadline,
+                                           send_notice* notice) {
+  iovec rest[max_exchange_iov];
+  int n = skip_bytes(iov, iovcnt, done, rest);
+  if (ec) {
+    // The wait already ended (and used up a cancel): one attempt that does not wait, then
+    // the wait's error, as a cancelled write_all would have ended.
+    (void)send_iov(st_->fd, rest, n, MSG_DONTWAIT);
+    fail(ec, "squall: write and read");
+  }
+  write_all(rest, n, deadline);
+  if (notice) notice->sent(notice);
 }
 
 std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, void* buf, std::size_t len,
@@ -736,15 +757,17 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
   d.be = st.be;
   d.fd = st.fd;
   d.notice = notice;
+  d.notice_hint = st.warm_hint;
   d.send.d = d.recv.d = &d;
   d.send.complete = d.recv.complete = duplex::on_complete;
   d.send.warm = d.recv.warm = warm_duplex_op;
   d.send.state = d.recv.state = st_.get();
   d.send.fiber = d.recv.fiber = detail::current_fiber();
-  iovec left[max_iov];
-  for (int i = 0; i < iovcnt; ++i)
-    left[i] = iov[i];
-  iovec* cur = left;
+  // The send goes from the caller's vector; only a short send (rare: a full socket buffer)
+  // copies what is left, to the heap. A copy on the stack would be 256 bytes of every waiting
+  // connection's frame, which the loop prefetches each time it resumes the fiber.
+  std::unique_ptr<iovec[]> left;
+  iovec* cur = const_cast<iovec*>(iov);  // the kernel only reads it
   int cur_n = iovcnt;
   msghdr msg{};
   auto submit_send = [&] {
@@ -809,6 +832,17 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
         if (cur_n == 0) {
           d.all_sent();
         } else {
+          if (!left) {
+            // Nothing is in flight that reads the caller's vector: the copy can start now.
+            // (Out of memory here would leave the receive in flight: it is cancelled first.)
+            left.reset(new (std::nothrow) iovec[static_cast<std::size_t>(cur_n)]);
+            if (!left) {
+              end_early(std::make_error_code(std::errc::not_enough_memory));
+              continue;
+            }
+            std::copy(cur, cur + cur_n, left.get());
+            cur = left.get();
+          }
           cur->iov_base = static_cast<char*>(cur->iov_base) + done;
           cur->iov_len -= done;
           if (int r = submit_send(); r < 0) end_early(socket_error(-r));

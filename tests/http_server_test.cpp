@@ -466,6 +466,53 @@ TEST_CASE("router: exact, prefix, captures, 404 and 405") {
   });
 }
 
+TEST_CASE("router: the first matching route wins, whatever its kind, with many exact paths") {
+  fixture f;
+  http::router routes;
+  // Enough exact paths that the router's index grows several times.
+  for (int i = 0; i < 100; ++i)
+    routes.get("/p" + std::to_string(i), [i](auto&, auto& resp) { resp.send(std::to_string(i)); });
+  routes.get("/shadow/*", [](auto&, auto& resp) { resp.send("prefix"); });
+  routes.get("/shadow/x", [](auto&, auto& resp) { resp.send("exact"); });  // never reached
+  routes.get("/twice", [](auto&, auto& resp) { resp.send("first"); });
+  routes.get("/twice", [](auto&, auto& resp) { resp.send("second"); });
+  routes.post("/both", [](auto&, auto& resp) { resp.send("post"); });
+  routes.get("/both", [](auto&, auto& resp) { resp.send("get"); });
+  routes.put("/p7", [](auto&, auto& resp) { resp.send("put"); });
+  http::router inner;
+  inner.get("/nest/5", [](auto& req, auto& resp) {
+    resp.send("inner rest=[" + std::string(req.path_rest()) + "] id=[" +
+              std::string(req.param("id")) + "]");
+  });
+  routes.get("/nest/{id}", std::move(inner));
+  f.start(std::move(routes));
+  auto ask = [&](const std::string& line) {
+    raw_client c(f.port);
+    c.send(line + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    return c.response();
+  };
+  f.peer([&] {
+    for (int i : {0, 1, 42, 99})
+      CHECK(body_of(ask("GET /p" + std::to_string(i))) == std::to_string(i));
+    CHECK(body_of(ask("HEAD /p5")).empty());
+    CHECK(status_of(ask("HEAD /p5")) == 200);
+    CHECK(status_of(ask("GET /p100")) == 404);
+    CHECK(body_of(ask("GET /shadow/x")) == "prefix");
+    CHECK(body_of(ask("GET /twice")) == "first");
+    CHECK(body_of(ask("GET /both")) == "get");  // the POST route matched the path first
+    CHECK(body_of(ask("POST /both")) == "post");
+    CHECK(body_of(ask("PUT /p7")) == "put");
+    std::string r = ask("DELETE /p7");
+    CHECK(status_of(r) == 405);
+    CHECK(header_of(r, "allow") == "GET, HEAD, PUT");
+    // An exact route of a router inside another's route: what the outer one matched is gone.
+    // (the outer route captured id=5; the inner exact route captures nothing)
+    CHECK(body_of(ask("GET /nest/5")) == "inner rest=[] id=[]");
+    CHECK(status_of(ask("GET /nest/6")) == 404);
+    return 0;
+  });
+}
+
 TEST_CASE("xheaders: remote_ip and protocol from the proxy only when enabled") {
   for (bool on : {false, true}) {
     fixture f;

@@ -151,6 +151,9 @@ class async_fd {
   int detach() noexcept;  // release() and close(): all but giving back or closing the fd
   std::size_t deferred_exchange(const iovec* iov, int iovcnt, read_target& target,
                                 time_point deadline, send_notice* notice);
+  // deferred_exchange's rare end: the loop did not send it all (from byte `done` on).
+  void send_rest(const iovec* iov, int iovcnt, std::size_t done, std::error_code ec,
+                 time_point deadline, send_notice* notice);
   std::unique_ptr<detail::fd_state> st_;
 };
 

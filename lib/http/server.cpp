@@ -279,29 +279,42 @@ struct alignas(64) connection {
   std::string reason;
   std::string fields;  // "Name: value\r\n"...
 
-  // Used by some requests only.
-  std::string xremote_ip;  // xheaders only: cleared per request when they are on
+  // Used by some connections only.
   const address& peer;
   squall::detail::fiber_record* fib = squall::detail::current_fiber();
   std::size_t open_index = 0;               // in server::state::open
-  std::string head_copy;                    // the head, once detached
-  mutable std::string peer_ip;              // the peer's address as text, made when first asked for
   time_point read_cap = time_point::max();  // bounds every body read (dropping an unread body)
-  chunked_decoder chunks;
-  std::string body_buf;  // decoded (chunked or gunzipped) bodies
-  std::optional<gzip::inflater> inflate;
-  std::string inflate_buf;
-  std::optional<gzip::deflater> deflate;
-  std::string gz_out;
+  // What only bodies, gzip, X-Forwarded-* and logging use, allocated by the first request that
+  // needs it. The connection lives on its fiber's stack, and a resumed fiber's stack is
+  // prefetched from the wait up to the page's end (async_fd.cpp): these 360 bytes inline were
+  // six cache lines fetched for every plain GET and never read.
+  struct extras {
+    std::string xremote_ip;  // xheaders only: cleared per request when they are on
+    std::string head_copy;   // the head, once detached
+    std::string peer_ip;     // the peer's address as text, made when first asked for
+    chunked_decoder chunks;
+    std::string body_buf;  // decoded (chunked or gunzipped) bodies
+    std::optional<gzip::inflater> inflate;
+    std::string inflate_buf;
+    std::optional<gzip::deflater> deflate;
+    std::string gz_out;
+    explicit extras(const parse_limits& limits) : chunks(limits) {}
+  };
+  mutable std::unique_ptr<extras> more;
+  extras& x() const {
+    if (!more) more = std::make_unique<extras>(st.opts.limits);
+    return *more;
+  }
 
   // Not formatted at accept: most requests never ask (remote_ip(), the debug log).
   const std::string& peer_text() const {
-    if (peer_ip.empty()) peer_ip = peer.family() == AF_UNIX ? std::string("unix") : peer.host();
-    return peer_ip;
+    std::string& text = x().peer_ip;
+    if (text.empty()) text = peer.family() == AF_UNIX ? std::string("unix") : peer.host();
+    return text;
   }
 
   connection(server::state& state, io_stream& stream, const address& p)
-      : st(state), s(stream), parser(state.opts.limits), peer(p), chunks(state.opts.limits) {
+      : st(state), s(stream), parser(state.opts.limits), peer(p) {
     head.headers.reserve(16);
   }
 
@@ -338,7 +351,9 @@ struct alignas(64) connection {
   bool discard_body();
 
   // Response.
-  void write_head(std::string_view extra);
+  // The status line and fields; `framing` is the Content-Length or Transfer-Encoding line, and
+  // `body` (if any) goes in the same write.
+  void write_head(std::string_view framing, std::string_view body = {});
   // "HTTP/1.1 404 " written into `buf`, and the reason phrase after it.
   std::string_view status_start(char (&buf)[16]) const noexcept {
     std::memcpy(buf, "HTTP/1.1 000 ", 13);
@@ -470,14 +485,14 @@ void connection::prepare_request() {
 
   https = false;
   if (st.opts.xheaders) {
-    xremote_ip.clear();
+    if (more) more->xremote_ip.clear();
     std::string_view ip = trim_ows(head.header("X-Real-IP"));
     if (!valid_ip(ip)) {
       std::string_view xff = head.header("X-Forwarded-For");
       std::size_t comma = xff.rfind(',');
       ip = trim_ows(comma == std::string_view::npos ? xff : xff.substr(comma + 1));
     }
-    if (valid_ip(ip)) xremote_ip.assign(ip);
+    if (valid_ip(ip)) x().xremote_ip.assign(ip);
     std::string_view proto = trim_ows(head.header("X-Forwarded-Proto"));
     if (proto.empty()) proto = trim_ows(head.header("X-Scheme"));
     https = iequals(proto, "https");
@@ -486,7 +501,7 @@ void connection::prepare_request() {
   body_left = head.framing == body_framing::content_length ? head.content_length : 0;
   body_complete = head.framing == body_framing::none || body_left == 0;
   if (head.framing == body_framing::chunked) {
-    chunks.reset();
+    x().chunks.reset();
     body_complete = false;
   }
   body_buffered = continue_sent = false;
@@ -495,8 +510,9 @@ void connection::prepare_request() {
   if (st.opts.decompress_request && !body_complete && gzip::available()) {
     std::string_view ce = trim_ows(head.header("Content-Encoding"));
     if (iequals(ce, "gzip") || iequals(ce, "x-gzip")) {
-      if (!inflate) inflate.emplace();
-      inflate->reset();
+      extras& e = x();
+      if (!e.inflate) e.inflate.emplace();
+      e.inflate->reset();
       inflating = true;
       inflate_done = false;
     }
@@ -606,10 +622,11 @@ void connection::linger_close() {
 void connection::detach_head() {
   if (head_detached) return;
   std::string_view in = s.peek();
-  head_copy.assign(in.data(), head_len);
+  std::string& copy = x().head_copy;
+  copy.assign(in.data(), head_len);
   const char* old_base = in.data();
   const char* old_end = old_base + head_len;
-  const char* new_base = head_copy.data();
+  const char* new_base = copy.data();
   auto move = [&](std::string_view& v) {
     if (v.data() >= old_base && v.data() < old_end)
       v = {new_base + (v.data() - old_base), v.size()};
@@ -672,10 +689,10 @@ std::string_view connection::raw_body_some() {
     } else if (!in.empty()) {
       std::string_view data;
       parse_error err;
-      std::size_t used = chunks.decode(in, data, err);
+      std::size_t used = x().chunks.decode(in, data, err);
       if (err) throw request_error(err.status, err.what);
       in_off += used;
-      if (chunks.done()) body_complete = true;
+      if (x().chunks.done()) body_complete = true;
       if (!data.empty()) return data;
       if (body_complete) return {};
       if (used > 0) continue;
@@ -693,10 +710,11 @@ std::string_view connection::body_some() {
       if (!inflate_done) throw request_error(400, "gzip body truncated");
       return {};
     }
-    inflate_buf.clear();
+    extras& e = x();
+    e.inflate_buf.clear();
     auto max = static_cast<std::size_t>(
         std::min<std::uint64_t>(st.opts.limits.max_body_size, SIZE_MAX - 1));
-    switch (inflate->decompress(raw, inflate_buf, max)) {
+    switch (e.inflate->decompress(raw, e.inflate_buf, max)) {
       case gzip::inflater::result::bad_data:
         throw request_error(400, "bad gzip body");
       case gzip::inflater::result::too_large:
@@ -708,7 +726,7 @@ std::string_view connection::body_some() {
         inflate_done = false;
         break;
     }
-    if (!inflate_buf.empty()) return inflate_buf;
+    if (!e.inflate_buf.empty()) return e.inflate_buf;
   }
 }
 
@@ -727,10 +745,11 @@ std::string_view connection::whole_body() {
     body_complete = true;
     return body_view;
   }
-  body_buf.clear();
+  std::string& buf = x().body_buf;
+  buf.clear();
   for (std::string_view piece; !(piece = body_some()).empty();)
-    body_buf.append(piece);
-  body_view = body_buf;
+    buf.append(piece);
+  body_view = buf;
   return body_view;
 }
 
@@ -790,8 +809,7 @@ bool connection::want_gzip(std::uint64_t size) const {
   return encoding.empty() && gzip::compressible(type);
 }
 
-// Writes the status line and fields; `framing` is the Content-Length or Transfer-Encoding line.
-void connection::write_head(std::string_view framing) {
+void connection::write_head(std::string_view framing, std::string_view body) {
   started = true;
   if (!close_after && !body_complete) {
     // A body we will not read: with 100-continue unsent the client may never send it, and a
@@ -813,14 +831,14 @@ void connection::write_head(std::string_view framing) {
       st.ok_head.assign("HTTP/1.1 200 OK\r\n").append(st.server_line).append(date.view());
       st.ok_head_at = date.at;
     }
-    std::string_view pieces[] = {st.ok_head, fields, framing, conn_line, "\r\n"};
+    std::string_view pieces[] = {st.ok_head, fields, framing, conn_line, "\r\n", body};
     s.write(pieces);
     return;
   }
   char line[16];
   std::string_view pieces[] = {
       status_start(line), status_reason(), "\r\n", st.server_line, date.view(), fields, framing,
-      conn_line,          "\r\n",
+      conn_line,          "\r\n",          body,
   };
   s.write(pieces);
 }
@@ -843,20 +861,20 @@ void connection::hijack() {
 void connection::send(std::string_view body) {
   if (started) throw std::logic_error("squall: http response already started");
   if (want_gzip(body.size())) {
-    if (!deflate) deflate.emplace();
-    deflate->reset();
-    gz_out.clear();
-    deflate->compress(body, gz_out, false, true);
+    extras& e = x();
+    if (!e.deflate) e.deflate.emplace();
+    e.deflate->reset();
+    e.gz_out.clear();
+    e.deflate->compress(body, e.gz_out, false, true);
     mark_gzipped();
-    body = gz_out;
+    body = e.gz_out;
   }
   bool no_body = status == 204 || status == 304 || status < 200;
   char line[48];
   std::string_view framing;
   if (status != 204 && status != 304 && status >= 200)
     framing = {line, number_line(line, "Content-Length: ", body.size())};
-  write_head(framing);
-  if (!head_only && !no_body && !body.empty()) s.write(body);
+  write_head(framing, head_only || no_body ? std::string_view() : body);
   body_sent = body.size();
   finished = true;
 }
@@ -882,9 +900,10 @@ void connection::write(std::string_view data) {
   }
   body_sent += data.size();
   if (gzipping) {
-    gz_out.clear();
-    deflate->compress(data, gz_out, false, false);
-    write_raw_body(gz_out);
+    extras& e = x();
+    e.gz_out.clear();
+    e.deflate->compress(data, e.gz_out, false, false);
+    write_raw_body(e.gz_out);
   } else {
     write_raw_body(data);
   }
@@ -915,8 +934,9 @@ void connection::start_streaming() {
     }
     gzipping = want_gzip(content_length.value_or(st.opts.gzip_min_length));
     if (gzipping) {
-      if (!deflate) deflate.emplace();
-      deflate->reset();
+      extras& e = x();
+      if (!e.deflate) e.deflate.emplace();
+      e.deflate->reset();
       mark_gzipped();
     }
     write_head(framing);
@@ -943,9 +963,10 @@ void connection::mark_gzipped() {
 // handler wrote so far is decodable by the client now (server-sent events, long polls).
 void connection::flush() {
   if (gzipping && started && !finished) {
-    gz_out.clear();
-    deflate->compress({}, gz_out, true, false);
-    write_raw_body(gz_out);
+    extras& e = x();
+    e.gz_out.clear();
+    e.deflate->compress({}, e.gz_out, true, false);
+    write_raw_body(e.gz_out);
   }
   s.flush();
 }
@@ -960,9 +981,10 @@ void connection::finish() {
     start_streaming();  // a HEAD answer, or a length the handler never wrote (closes below)
   }
   if (gzipping) {
-    gz_out.clear();
-    deflate->compress({}, gz_out, false, true);
-    write_raw_body(gz_out);
+    extras& e = x();
+    e.gz_out.clear();
+    e.deflate->compress({}, e.gz_out, false, true);
+    write_raw_body(e.gz_out);
   }
   if (chunked && !bodiless) s.write("0\r\n\r\n");
   if (content_length && !gzipping && body_sent != *content_length && !bodiless) {
@@ -1004,7 +1026,8 @@ const address& request::peer() const noexcept {
   return c_.peer;
 }
 std::string_view request::remote_ip() const {
-  return c_.xremote_ip.empty() ? std::string_view(c_.peer_text()) : std::string_view(c_.xremote_ip);
+  if (c_.more && !c_.more->xremote_ip.empty()) return c_.more->xremote_ip;
+  return c_.peer_text();
 }
 std::string_view request::protocol() const noexcept {
   return c_.https ? "https" : "http";
@@ -1115,8 +1138,14 @@ struct router::route {
   std::string method;
   std::string pattern;
   enum class kind { exact, prefix, segments } k = kind::exact;
+  bool any_method = false;            // "*"
+  bool get = false;                   // GET routes serve HEAD too
   std::vector<std::string> segments;  // "{name}" for a capture
   handler fn;
+
+  bool accepts(std::string_view m) const noexcept {
+    return any_method || method == m || (get && m == "HEAD");
+  }
 
   // Matches `path`; fills `params`/`rest` on success.
   bool match(std::string_view path,
@@ -1133,7 +1162,6 @@ struct router::route {
       case kind::segments:
         break;
     }
-    params.clear();
     std::string_view p = path;
     for (const std::string& seg : segments) {
       if (p.empty() || p[0] != '/') return fail(params);
@@ -1157,6 +1185,18 @@ struct router::route {
   }
 };
 
+namespace {
+
+// FNV-1a: paths are short, and this needs no table.
+std::size_t path_hash(std::string_view path) noexcept {
+  std::uint64_t h = 14695981039346656037ull;
+  for (char c : path)
+    h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return static_cast<std::size_t>(h ^ (h >> 32));
+}
+
+}  // namespace
+
 router::router() = default;
 router::router(router&&) noexcept = default;
 router& router::operator=(router&&) noexcept = default;
@@ -1167,6 +1207,8 @@ router& router::add(std::string_view method, std::string_view pattern, handler h
     throw std::invalid_argument("squall: route pattern must start with '/'");
   auto r = std::make_unique<route>();
   r->method.assign(method);
+  r->any_method = method == "*";
+  r->get = method == "GET";
   r->fn = std::move(h);
   if (pattern.ends_with("/*")) {
     r->k = route::kind::prefix;
@@ -1185,17 +1227,67 @@ router& router::add(std::string_view method, std::string_view pattern, handler h
     r->pattern.assign(pattern);
   }
   routes_.push_back(std::move(r));
+  std::size_t i = routes_.size() - 1;
+  // The route objects do not move, so the index may keep views of their patterns.
+  if (routes_[i]->k == route::kind::exact)
+    index_exact(routes_[i]->pattern, i);
+  else
+    first_general_ = std::min(first_general_, i);
   return *this;
 }
 
+void router::index_exact(std::string_view path, std::size_t i) {
+  if ((exact_count_ + 1) * 2 > exact_.size()) {
+    // Grown to keep it at most half full, so every probe ends soon at an empty slot.
+    std::vector<std::pair<std::string_view, std::size_t>> old(
+        std::max<std::size_t>(8, exact_.size() * 2));
+    old.swap(exact_);
+    exact_count_ = 0;
+    for (const auto& [key, at] : old)
+      if (key.data()) index_exact(key, at);
+  }
+  std::size_t mask = exact_.size() - 1;
+  for (std::size_t slot = path_hash(path) & mask;; slot = (slot + 1) & mask) {
+    if (!exact_[slot].first.data()) {
+      exact_[slot] = {path, i};
+      ++exact_count_;
+      return;
+    }
+    if (exact_[slot].first == path) return;  // an earlier route has this path: it comes first
+  }
+}
+
+// The exact route for `path` if no route before it could match first (a prefix or pattern
+// route), else null.
+router::route* router::exact_route(std::string_view path) const noexcept {
+  if (exact_.empty()) return nullptr;
+  std::size_t mask = exact_.size() - 1;
+  for (std::size_t slot = path_hash(path) & mask;; slot = (slot + 1) & mask) {
+    const auto& [key, at] = exact_[slot];
+    if (!key.data()) return nullptr;
+    if (key == path) return at < first_general_ ? routes_[at].get() : nullptr;
+  }
+}
+
 void router::operator()(request& req, response& resp) {
+  auto& c = req.c_;
+  if (route* r = exact_route(c.path); r && r->accepts(req.method())) {
+    // What a route matched before (a router inside another's prefix route) is not this one's.
+    c.params.clear();
+    c.path_rest = {};
+    r->fn(req, resp);
+    return;
+  }
+  scan(req, resp);  // in order: also the 405 with every method the path allows
+}
+
+void router::scan(request& req, response& resp) {
   auto& c = req.c_;
   std::string allow;
   for (const auto& r : routes_) {
     std::string_view rest;
     if (!r->match(c.path, c.params, rest)) continue;
-    std::string_view m = req.method();
-    if (r->method == "*" || r->method == m || (m == "HEAD" && r->method == "GET")) {
+    if (r->accepts(req.method())) {
       c.path_rest = rest;
       r->fn(req, resp);
       return;
@@ -1203,7 +1295,7 @@ void router::operator()(request& req, response& resp) {
     if (allow.find(r->method) == std::string::npos) {
       if (!allow.empty()) allow += ", ";
       allow += r->method;
-      if (r->method == "GET") allow += ", HEAD";
+      if (r->get) allow += ", HEAD";
     }
   }
   c.params.clear();
