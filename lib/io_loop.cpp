@@ -165,7 +165,7 @@ io_loop::io_loop() : io_loop(options{}) {}
 
 io_loop::io_loop(const options& opts)
     : opts_(opts),
-      backend_(detail::make_backend(opts.backend)),
+      backend_(detail::make_backend(opts.backend, opts.defer_completions)),
       timers_(std::make_unique<detail::timer_heap>()),
       fds_(std::make_unique<detail::fd_table>()),
       buffers_(std::make_unique<detail::buffer_pool>(opts.free_buffers)),

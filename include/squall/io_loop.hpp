@@ -158,6 +158,14 @@ class io_loop {
     // about 1% more CPU per request at 100 connections (the copy and the kernel's buffer
     // bookkeeping), none measured at 1,000. 0: always; SIZE_MAX: never.
     std::size_t shared_receive_from = 512;
+    // io_uring (Linux 6.1): the kernel's completion work runs only when the loop waits for it,
+    // an iteration's all together (IORING_SETUP_DEFER_TASKRUN), instead of whenever the loop
+    // enters the kernel. About 4% less CPU per request for a busy HTTP server at 100
+    // connections (docs/performance.md); `squall serve` sets it. The ring then belongs to the
+    // thread that first runs the loop: run the loop and destroy it on that thread only (it may
+    // be made on another). A foreign poller could not be woken by it, so backend_fd() fails
+    // (EOPNOTSUPP). Ignored by the other backends; older kernels run without it.
+    bool defer_completions = false;
   };
 
   io_loop();

@@ -45,7 +45,7 @@ void backend::close_file(int fd) noexcept {
 }
 
 #if !SQUALL_HAVE_IO_URING
-std::unique_ptr<backend> make_io_uring_backend(int& err) {
+std::unique_ptr<backend> make_io_uring_backend(int& err, bool) {
   err = ENOSYS;
   return nullptr;
 }
@@ -82,10 +82,10 @@ backend_kind from_environment() {
                                       " is not a backend (use io_uring, epoll or kqueue)");
 }
 
-std::unique_ptr<backend> build(backend_kind kind, int& err) {
+std::unique_ptr<backend> build(backend_kind kind, bool defer, int& err) {
   switch (kind) {
     case backend_kind::io_uring:
-      return make_io_uring_backend(err);
+      return make_io_uring_backend(err, defer);
     case backend_kind::epoll:
       return make_epoll_backend(err);
     case backend_kind::kqueue:
@@ -99,13 +99,13 @@ std::unique_ptr<backend> build(backend_kind kind, int& err) {
 
 }  // namespace
 
-std::unique_ptr<backend> make_backend(backend_kind requested) {
+std::unique_ptr<backend> make_backend(backend_kind requested, bool defer_completions) {
   backend_kind kind = requested;
   if (kind == backend_kind::automatic) kind = from_environment();
   if (kind == backend_kind::automatic) kind = platform_default;
 
   int err = 0;
-  std::unique_ptr<backend> b = build(kind, err);
+  std::unique_ptr<backend> b = build(kind, defer_completions, err);
   if (b) return b;
   if (err == ENOSYS)
     throw_error(error::bad_backend,
@@ -113,7 +113,7 @@ std::unique_ptr<backend> make_backend(backend_kind requested) {
   if (kind == backend_kind::io_uring && SQUALL_HAVE_EPOLL) {
     log(log_level::warn, "loop", "io_uring set-up failed (%s); falling back to epoll",
         std::strerror(err));
-    b = build(backend_kind::epoll, err);
+    b = build(backend_kind::epoll, false, err);
     if (b) return b;
   }
   throw_errno(err, std::string("cannot set up the ") + to_string(kind) + " backend");

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -99,18 +100,33 @@ class io_uring_backend final : public backend {
     if (event_fd_ >= 0) ::close(event_fd_);
   }
 
-  int init() noexcept {
+  int init(bool defer) noexcept {
     poll_first_ = kernel_at_least(5, 19);
     // COOP_TASKRUN (Linux 5.19): completions are run when we next enter the kernel instead of
     // interrupting us, which costs less (measured ~7% less server CPU per message on the
     // 100-connection echo, docs/performance.md). Older kernels refuse the flag: retry without.
-    // SINGLE_ISSUER and DEFER_TASKRUN are not used: a loop may be created on one thread and
-    // run on another, and an embedding host's eventfd must hear of completions on its own.
-    // CQSIZE: see cq_entries.
+    // DEFER_TASKRUN (Linux 6.1, with SINGLE_ISSUER) goes further, only when the loop asks for
+    // it (io_loop::options::defer_completions): completions are run when the loop enters the
+    // kernel to wait for them. The ring then belongs to one thread, the first to submit; a loop
+    // may be created on one thread and run on another, so it starts disabled (R_DISABLED) and
+    // the first call that enters the kernel (enter()), normally the first wait, enables it on
+    // its own thread. Not the default: deferred work does not signal the eventfd an embedding
+    // host polls (measured on 6.18: embed_test's pipe never woke it). CQSIZE: see cq_entries.
     io_uring_params p{};
-    p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
-    p.cq_entries = cq_entries;
-    int r = io_uring_queue_init_params(ring_entries, &ring_, &p);
+    int r = -EINVAL;
+    if (defer) {
+      p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED |
+                IORING_SETUP_CQSIZE;
+      p.cq_entries = cq_entries;
+      r = io_uring_queue_init_params(ring_entries, &ring_, &p);
+      deferred_ = r == 0;
+    }
+    if (r == -EINVAL) {
+      p = io_uring_params{};
+      p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
+      p.cq_entries = cq_entries;
+      r = io_uring_queue_init_params(ring_entries, &ring_, &p);
+    }
     if (r == -EINVAL) {
       p = io_uring_params{};
       p.flags = IORING_SETUP_CQSIZE;
@@ -177,7 +193,7 @@ class io_uring_backend final : public backend {
     // (Not provided_.recycle(): flush() may come in the middle of a batch, from a close,
     // before the fibers of the batch's later completions have copied their bytes out.)
     rearm_reported();
-    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+    if (io_uring_sq_ready(&ring_) > 0) submit();
   }
 
   // --- Fiber I/O: operations on the ring ------------------------------------------------------
@@ -283,6 +299,7 @@ class io_uring_backend final : public backend {
   }
 
   int pollable_fd() noexcept override {
+    if (deferred_) return -EOPNOTSUPP;  // see init()
     if (event_fd_ >= 0) return event_fd_;
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return -errno;
@@ -472,7 +489,12 @@ class io_uring_backend final : public backend {
     io_uring_sqe_set_data64(update, 0);
     io_uring_prep_close(close, fd);
     io_uring_sqe_set_data64(close, 0);
-    io_uring_submit(&ring_);
+    if (submit() == -EEXIST) {
+      // Not the ring's thread (a deferred loop's socket closed from another thread than the
+      // one that runs it): the two cannot go in; close the fd here. The table's slot is empty
+      // for us already; the kernel's is freed with the ring.
+      ::close(fd);
+    }
   }
 
   void setup_files() noexcept {
@@ -506,7 +528,7 @@ class io_uring_backend final : public backend {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe) {
       // The SQ is full of queued changes: push them to the kernel and take a fresh slot.
-      io_uring_submit(&ring_);
+      submit();
       sqe = io_uring_get_sqe(&ring_);
     }
     return sqe;
@@ -545,10 +567,27 @@ class io_uring_backend final : public backend {
     reported_.resize(keep);
   }
 
+  // Enables a disabled ring (DEFER_TASKRUN) on the calling thread, which becomes its only
+  // submitter: every call that enters the kernel comes through here first.
+  bool enter() noexcept {
+    if (!deferred_ || enabled_) return true;
+    // (liburing 2.3 declares io_uring_enable_rings but does not export it.)
+    enabled_ = ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                         nullptr, 0) == 0;
+    return enabled_;
+  }
+  int submit() noexcept {
+    if (!enter()) return -EEXIST;
+    return io_uring_submit(&ring_);
+  }
+
   int submit_and_wait(std::int64_t timeout_ns) noexcept {
     io_uring_cqe* cqe = nullptr;
-    // Completions already waiting: just submit what is queued.
+    if (!enter()) return -EEXIST;
+    // Completions already waiting: just submit what is queued. With DEFER_TASKRUN, finished
+    // work is only posted when asked for (GETEVENTS), so that is asked for too.
     if (timeout_ns == 0 || io_uring_cq_ready(&ring_) > 0) {
+      if (deferred_) return io_uring_submit_and_get_events(&ring_);
       return io_uring_sq_ready(&ring_) > 0 ? io_uring_submit(&ring_) : 0;
     }
     if (timeout_ns < 0) return io_uring_submit_and_wait(&ring_, 1);
@@ -611,13 +650,15 @@ class io_uring_backend final : public backend {
   std::unique_ptr<file_slot[]> files_;  // indexed by fd
   unsigned files_size_ = 0;
   bool files_tried_ = false;
+  bool deferred_ = false;  // DEFER_TASKRUN: the ring is one thread's, enabled by enter()
+  bool enabled_ = false;
 };
 
 }  // namespace
 
-std::unique_ptr<backend> make_io_uring_backend(int& err) {
+std::unique_ptr<backend> make_io_uring_backend(int& err, bool defer) {
   auto b = std::make_unique<io_uring_backend>();
-  if (int r = b->init(); r < 0) {
+  if (int r = b->init(defer); r < 0) {
     err = -r;
     return nullptr;
   }

@@ -96,7 +96,9 @@ http::handler make_app(const serve_args& a) {
 
 // Serves on `fds` until SIGINT/SIGTERM, then shuts down gracefully (in-flight requests finish).
 int run_worker(const serve_args& a, const std::vector<int>& fds) {
-  io_loop loop(a.loop);
+  io_loop::options lo = a.loop;
+  lo.defer_completions = true;  // this thread alone runs the loop, and no other poller drives it
+  io_loop loop(lo);
   http::server_options opts;
   opts.gzip = a.gzip;
   if (a.log_requests)
