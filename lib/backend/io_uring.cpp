@@ -491,8 +491,14 @@ class io_uring_backend final : public backend {
     io_uring_sqe_set_data64(close, 0);
     if (submit() == -EEXIST) {
       // Not the ring's thread (a deferred loop's socket closed from another thread than the
-      // one that runs it): the two cannot go in; close the fd here. The table's slot is empty
-      // for us already; the kernel's is freed with the ring.
+      // one that runs it, against the loop's rules): the two are still in the queue, for the
+      // ring's own thread to submit later, when the fd's number may be another file's. They
+      // become no-ops, and the work is done here, one call at a time, as when there is no room.
+      io_uring_prep_nop(update);
+      io_uring_sqe_set_data64(update, 0);
+      io_uring_prep_nop(close);
+      io_uring_sqe_set_data64(close, 0);
+      (void)io_uring_register_files_update(&ring_, static_cast<unsigned>(fd), &files_[fd].fd, 1);
       ::close(fd);
     }
   }
