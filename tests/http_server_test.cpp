@@ -78,6 +78,13 @@ std::string temp_dir() {
   return mkdtemp(tmpl);
 }
 
+// "METHOD /path" sent as a request without a body on a connection of its own: the response.
+std::string one_request(std::uint16_t port, const std::string& line) {
+  raw_client c(port);
+  c.send(line + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+  return c.response();
+}
+
 }  // namespace
 
 TEST_CASE("a GET gets status, Date, Server, Content-Length and the body") {
@@ -446,11 +453,7 @@ TEST_CASE("router: exact, prefix, captures, 404 and 405") {
   });
   routes.post("/only-post", [](auto&, auto& resp) { resp.send("posted"); });
   f.start(std::move(routes));
-  auto get = [&](const std::string& line) {
-    raw_client c(f.port);
-    c.send(line + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
-    return c.response();
-  };
+  auto get = [&](const std::string& line) { return one_request(f.port, line); };
   f.peer([&] {
     CHECK(body_of(get("GET /")) == "root");
     CHECK(body_of(get("GET /files/a/b.txt")) == "file:a/b.txt");
@@ -486,11 +489,7 @@ TEST_CASE("router: the first matching route wins, whatever its kind, with many e
   });
   routes.get("/nest/{id}", std::move(inner));
   f.start(std::move(routes));
-  auto ask = [&](const std::string& line) {
-    raw_client c(f.port);
-    c.send(line + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
-    return c.response();
-  };
+  auto ask = [&](const std::string& line) { return one_request(f.port, line); };
   f.peer([&] {
     for (int i : {0, 1, 42, 99})
       CHECK(body_of(ask("GET /p" + std::to_string(i))) == std::to_string(i));

@@ -479,28 +479,28 @@ class io_uring_backend final : public backend {
     // What else is queued goes along: it is complete, only submitted before the wait.
     io_uring_sqe* update = get_sqe();
     io_uring_sqe* close = update ? get_sqe() : nullptr;
-    if (!close) {  // no room even after a submit: the same, one call at a time
-      if (update) io_uring_prep_nop(update), io_uring_sqe_set_data64(update, 0);
+    // The same, one call at a time; the slots taken (if any) become no-ops.
+    auto one_by_one = [&] {
+      for (io_uring_sqe* sqe : {update, close}) {
+        if (!sqe) continue;
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, 0);
+      }
       (void)io_uring_register_files_update(&ring_, static_cast<unsigned>(fd), &files_[fd].fd, 1);
       ::close(fd);
+    };
+    if (!close) {  // no room even after a submit
+      one_by_one();
       return;
     }
     io_uring_prep_files_update(update, &files_[fd].fd, 1, fd);
     io_uring_sqe_set_data64(update, 0);
     io_uring_prep_close(close, fd);
     io_uring_sqe_set_data64(close, 0);
-    if (submit() == -EEXIST) {
-      // Not the ring's thread (a deferred loop's socket closed from another thread than the
-      // one that runs it, against the loop's rules): the two are still in the queue, for the
-      // ring's own thread to submit later, when the fd's number may be another file's. They
-      // become no-ops, and the work is done here, one call at a time, as when there is no room.
-      io_uring_prep_nop(update);
-      io_uring_sqe_set_data64(update, 0);
-      io_uring_prep_nop(close);
-      io_uring_sqe_set_data64(close, 0);
-      (void)io_uring_register_files_update(&ring_, static_cast<unsigned>(fd), &files_[fd].fd, 1);
-      ::close(fd);
-    }
+    // Not the ring's thread (a deferred loop's socket closed from another thread than the one
+    // that runs it, against the loop's rules): the two stay queued for the ring's own thread,
+    // which would submit them when the fd's number may be another file's.
+    if (submit() == -EEXIST) one_by_one();
   }
 
   void setup_files() noexcept {

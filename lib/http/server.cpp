@@ -1185,18 +1185,6 @@ struct router::route {
   }
 };
 
-namespace {
-
-// FNV-1a: paths are short, and this needs no table.
-std::size_t path_hash(std::string_view path) noexcept {
-  std::uint64_t h = 14695981039346656037ull;
-  for (char c : path)
-    h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-  return static_cast<std::size_t>(h ^ (h >> 32));
-}
-
-}  // namespace
-
 router::router() = default;
 router::router(router&&) noexcept = default;
 router& router::operator=(router&&) noexcept = default;
@@ -1228,45 +1216,21 @@ router& router::add(std::string_view method, std::string_view pattern, handler h
   }
   routes_.push_back(std::move(r));
   std::size_t i = routes_.size() - 1;
-  // The route objects do not move, so the index may keep views of their patterns.
+  // The route objects do not move, so the index may keep views of their patterns. An earlier
+  // route with the same path keeps its place: it comes first.
   if (routes_[i]->k == route::kind::exact)
-    index_exact(routes_[i]->pattern, i);
+    exact_.try_emplace(routes_[i]->pattern, i);
   else
     first_general_ = std::min(first_general_, i);
   return *this;
 }
 
-void router::index_exact(std::string_view path, std::size_t i) {
-  if ((exact_count_ + 1) * 2 > exact_.size()) {
-    // Grown to keep it at most half full, so every probe ends soon at an empty slot.
-    std::vector<std::pair<std::string_view, std::size_t>> old(
-        std::max<std::size_t>(8, exact_.size() * 2));
-    old.swap(exact_);
-    exact_count_ = 0;
-    for (const auto& [key, at] : old)
-      if (key.data()) index_exact(key, at);
-  }
-  std::size_t mask = exact_.size() - 1;
-  for (std::size_t slot = path_hash(path) & mask;; slot = (slot + 1) & mask) {
-    if (!exact_[slot].first.data()) {
-      exact_[slot] = {path, i};
-      ++exact_count_;
-      return;
-    }
-    if (exact_[slot].first == path) return;  // an earlier route has this path: it comes first
-  }
-}
-
 // The exact route for `path` if no route before it could match first (a prefix or pattern
 // route), else null.
 router::route* router::exact_route(std::string_view path) const noexcept {
-  if (exact_.empty()) return nullptr;
-  std::size_t mask = exact_.size() - 1;
-  for (std::size_t slot = path_hash(path) & mask;; slot = (slot + 1) & mask) {
-    const auto& [key, at] = exact_[slot];
-    if (!key.data()) return nullptr;
-    if (key == path) return at < first_general_ ? routes_[at].get() : nullptr;
-  }
+  auto it = exact_.find(path);
+  if (it == exact_.end() || it->second > first_general_) return nullptr;
+  return routes_[it->second].get();
 }
 
 void router::operator()(request& req, response& resp) {

@@ -42,6 +42,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "squall/http/parser.hpp"
@@ -187,15 +188,13 @@ class router {
 
  private:
   route* exact_route(std::string_view path) const noexcept;
-  void index_exact(std::string_view path, std::size_t i);
   void scan(request& req, response& resp);
 
   std::vector<std::unique_ptr<route>> routes_;
-  // Exact paths to the first route with that pattern, open addressing with a power-of-two size
-  // (empty slots have a null key): most requests are routed with one hash and one compare
-  // instead of a match against every route before theirs.
-  std::vector<std::pair<std::string_view, std::size_t>> exact_;
-  std::size_t exact_count_ = 0;
+  // Exact paths to the index of the first route with that pattern (views of the routes' own
+  // patterns, which do not move): most requests are routed with one lookup instead of a match
+  // against every route before theirs.
+  std::unordered_map<std::string_view, std::size_t> exact_;
   std::size_t first_general_ = SIZE_MAX;  // the first prefix or segments route
 };
 
