@@ -15,6 +15,7 @@
 
 #include "backend/backend.hpp"
 #include "buffer_pool.hpp"
+#include "small_copy.hpp"
 #include "squall/locks.hpp"
 #include "squall/log.hpp"
 
@@ -393,35 +394,6 @@ void io_stream::write(std::string_view data, time_point deadline) {
   write(std::span<const std::string_view>(&data, 1), deadline);
 }
 
-namespace {
-
-// Copies n bytes, for sizeof(Word) <= n <= 2 * sizeof(Word), as two words that may overlap.
-template <class Word>
-inline void copy_two_words(char* to, const char* from, std::size_t n) noexcept {
-  Word first, last;
-  std::memcpy(&first, from, sizeof(Word));
-  std::memcpy(&last, from + n - sizeof(Word), sizeof(Word));
-  std::memcpy(to, &first, sizeof(Word));
-  std::memcpy(to + n - sizeof(Word), &last, sizeof(Word));
-}
-
-// Copies one piece of a gathered write. Most are short (a response head's lines), and for those
-// two overlapping moves of a fixed size cost less than a call into memcpy. An empty piece may
-// have a null data(), which memcpy must not be given.
-inline void copy_piece(char* to, const char* from, std::size_t n) noexcept {
-  if (n > 16)
-    std::memcpy(to, from, n);
-  else if (n >= 8)
-    copy_two_words<std::uint64_t>(to, from, n);
-  else if (n >= 4)
-    copy_two_words<std::uint32_t>(to, from, n);
-  else
-    for (std::size_t i = 0; i < n; ++i)
-      to[i] = from[i];
-}
-
-}  // namespace
-
 void io_stream::write(std::span<const std::string_view> pieces, time_point deadline) {
   wait_not_sending(deadline);
   if (write_error_) throw std::system_error(write_error_, "squall: write (an earlier send failed)");
@@ -443,10 +415,13 @@ void io_stream::write(std::span<const std::string_view> pieces, time_point deadl
       wbuf_ = nb;
       wcap_ = cap;
     }
+    // A local cursor: stores through char* may alias wlen_, which would be reloaded per piece.
+    char* out = wbuf_ + wlen_;
     for (auto p : pieces) {
-      copy_piece(wbuf_ + wlen_, p.data(), p.size());
-      wlen_ += p.size();
+      detail::copy_small(out, p.data(), p.size());
+      out += p.size();
     }
+    wlen_ = static_cast<std::size_t>(out - wbuf_);
     return;
   }
   // Past the high-water mark, or large: send what is buffered and the new pieces together,

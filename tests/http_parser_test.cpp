@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -258,6 +259,56 @@ TEST_CASE("header() returns the first of repeated fields; has_token looks at all
   CHECK_FALSE(r.head.has_token("X-R", "thr"));
   CHECK(r.head.has_token("Connection", "bar"));
   CHECK_FALSE(r.head.keep_alive);  // "close" in the second Connection field
+}
+
+TEST_CASE("the fields the parser acts on are known by their names in any case, and only so") {
+  // Each name is tried with every token byte at every position: only the same name with its
+  // letters in either case may count ('_' for '-', or a byte one bit away from a letter, not).
+  // The verdict is written out here independently of the parser.
+  auto same = [](std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+             return std::tolower(static_cast<unsigned char>(x)) == y;
+           });
+  };
+  auto tchar = [](unsigned char c) {
+    return std::isalnum(c) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(char(c)) != std::string_view::npos;
+  };
+  struct known {
+    std::string name, value;
+    std::string before;  // other fields the test needs
+    bool (*acted)(const parsed&);
+  };
+  const known fields[] = {
+      {"host", "x", "", [](const parsed& r) { return r.status == 0; }},  // else 400: no Host
+      {"expect", "100-continue", "Host: x\r\n",
+       [](const parsed& r) { return r.head.expect_continue; }},
+      {"upgrade", "websocket", "Host: x\r\nConnection: upgrade\r\n",
+       [](const parsed& r) { return r.head.upgrade; }},
+      {"connection", "close", "Host: x\r\n", [](const parsed& r) { return !r.head.keep_alive; }},
+      {"content-length", "5", "Host: x\r\n",
+       [](const parsed& r) { return r.head.framing == body_framing::content_length; }},
+      {"transfer-encoding", "chunked", "Host: x\r\n",
+       [](const parsed& r) { return r.head.framing == body_framing::chunked; }},
+  };
+  std::string wrong;
+  int counted = 0;
+  for (const known& k : fields) {
+    for (std::size_t at = 0; at < k.name.size(); ++at) {
+      for (int c = 0; c < 256; ++c) {
+        if (!tchar(static_cast<unsigned char>(c))) continue;
+        std::string name = k.name;
+        name[at] = static_cast<char>(c);
+        parsed r =
+            parse_whole("POST / HTTP/1.1\r\n" + k.before + name + ": " + k.value + "\r\n\r\n");
+        bool expect = same(name, k.name);
+        counted += expect;
+        if (k.acted(r) != expect) wrong += name + " ";
+      }
+    }
+  }
+  CHECK(wrong == "");
+  CHECK(counted > 2 * 46);  // each letter of the six names, in both cases
 }
 
 TEST_CASE("request targets of every form") {

@@ -90,6 +90,33 @@ bool all_of_class(std::string_view s, std::uint8_t cls) {
   return std::all_of(s.begin(), s.end(), [cls](char c) { return is(c, cls); });
 }
 
+// A field name (all tchar) against a lowercase literal of letters and '-' of the same length.
+// Among tchar bytes, setting bit 0x20 maps exactly the uppercase letters onto the lowercase ones
+// and leaves '-' as it is ('^' and '_' become '~' and DEL, in no literal), so OR-ing words with
+// 0x20 bytes is an exact case-insensitive compare here, eight bytes at a time.
+template <class Word>
+inline bool folds_to(const char* name, const char* lit) {
+  Word a, b;
+  std::memcpy(&a, name, sizeof a);
+  std::memcpy(&b, lit, sizeof b);
+  return (a | static_cast<Word>(0x2020202020202020)) == b;
+}
+inline bool is_name(std::string_view name, std::string_view lit) {
+  if (name.size() != lit.size()) return false;
+  std::size_t i = 0, n = lit.size();
+  for (; i + 8 <= n; i += 8) {
+    if (!folds_to<std::uint64_t>(name.data() + i, lit.data() + i)) return false;
+  }
+  if (i + 4 <= n) {
+    if (!folds_to<std::uint32_t>(name.data() + i, lit.data() + i)) return false;
+    i += 4;
+  }
+  for (; i < n; ++i) {
+    if ((name[i] | 0x20) != lit[i]) return false;
+  }
+  return true;
+}
+
 bool fail(parse_error& err, int status, const char* what) {
   err = parse_error{status, what};
   return false;
@@ -256,6 +283,11 @@ class head_reader {
 
   bool method() {
     const char* begin = p_;
+    if (end_ - p_ >= 4 && std::memcmp(p_, "GET ", 4) == 0) {  // most requests: one compare
+      out_.method = {begin, 3};
+      p_ += 4;
+      return true;
+    }
     while (p_ < end_ && is(*p_, tchar))
       ++p_;
     if (p_ == begin || at(p_) != ' ') return fail(400, "malformed method");
@@ -279,6 +311,11 @@ class head_reader {
   // even when the rest is odd ("HTTP/2"); minor versions past 1 are read as 1, the highest this
   // parser speaks.
   bool version() {
+    if (end_ - p_ >= 8 && std::memcmp(p_, "HTTP/1.1", 8) == 0) {  // most messages: one compare
+      out_.minor_version = 1;
+      p_ += 8;
+      return true;
+    }
     if (end_ - p_ < 5 || std::memcmp(p_, "HTTP/", 5) != 0) {
       return fail(400, "malformed HTTP version");
     }
@@ -381,22 +418,22 @@ class head_reader {
   bool note(std::string_view name, std::string_view value) {
     switch (name.size()) {
       case 4:
-        if (same_token(name, "host")) return host(value);
+        if (is_name(name, "host")) return host(value);
         break;
       case 6:
-        if (same_token(name, "expect")) facts_.expect_continue |= list_has(value, "100-continue");
+        if (is_name(name, "expect")) facts_.expect_continue |= list_has(value, "100-continue");
         break;
       case 7:
-        if (same_token(name, "upgrade")) facts_.upgrade_field = true;
+        if (is_name(name, "upgrade")) facts_.upgrade_field = true;
         break;
       case 10:
-        if (same_token(name, "connection")) connection(value);
+        if (is_name(name, "connection")) connection(value);
         break;
       case 14:
-        if (same_token(name, "content-length")) return content_length(value);
+        if (is_name(name, "content-length")) return content_length(value);
         break;
       case 17:
-        if (same_token(name, "transfer-encoding")) return transfer_encoding(value);
+        if (is_name(name, "transfer-encoding")) return transfer_encoding(value);
         break;
       default:
         break;

@@ -18,7 +18,12 @@
 #include <ctime>
 #include <optional>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "http/gzip.hpp"
+#include "small_copy.hpp"
 #include "squall/error.hpp"
 #include "squall/fiber.hpp"
 #include "squall/log.hpp"
@@ -165,9 +170,13 @@ std::size_t number_line(char* out, std::string_view name, std::uint64_t n, int b
 // True if every byte of `name` is a token character. The table is read for every byte without
 // an early exit: one load and one AND a byte, and no branch to mispredict.
 bool all_tchar(std::string_view name) noexcept {
+  auto t = [&](std::size_t i) { return is_tchar(static_cast<unsigned char>(name[i])); };
   bool ok = true;
-  for (char c : name)
-    ok &= is_tchar(static_cast<unsigned char>(c));
+  std::size_t i = 0, n = name.size();
+  for (; i + 4 <= n; i += 4)
+    ok &= t(i) & t(i + 1) & t(i + 2) & t(i + 3);
+  for (; i < n; ++i)
+    ok &= t(i);
   return ok;
 }
 
@@ -179,6 +188,23 @@ bool has_ctl_break(std::string_view value) noexcept {
   auto bad = [](char c) { return c == '\r' || c == '\n' || c == '\0'; };
   const char* p = value.data();
   std::size_t n = value.size();
+#ifdef __SSE2__
+  // From 16 bytes on, 16 at a time, the last block overlapping the one before it.
+  if (n >= 16) {
+    auto any = [](const char* q) {
+      __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+      __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r')),
+                                 _mm_cmpeq_epi8(v, _mm_set1_epi8('\n')));
+      hit = _mm_or_si128(hit, _mm_cmpeq_epi8(v, _mm_setzero_si128()));
+      return _mm_movemask_epi8(hit) != 0;
+    };
+    const char* last = p + n - 16;
+    for (; p < last; p += 16) {
+      if (any(p)) return true;
+    }
+    return any(last);
+  }
+#endif
   for (; n >= 8; p += 8, n -= 8) {
     std::uint64_t x;
     std::memcpy(&x, p, 8);
@@ -1065,13 +1091,26 @@ void response::add_header(std::string_view name, std::string_view value) {
   if (c_.started) throw std::logic_error("squall: add_header after the response started");
   check_field(name, value);
   // The server frames the body itself; a copied upstream framing field would contradict it.
-  if (iequals(name, "Content-Length") || iequals(name, "Transfer-Encoding"))
+  if ((name.size() == 14 && iequals(name, "Content-Length")) ||
+      (name.size() == 17 && iequals(name, "Transfer-Encoding")))
     throw std::invalid_argument(
         "squall: Content-Length and Transfer-Encoding are the server's (use set_content_length)");
+  std::string& f = c_.fields;
   // Room for a typical response's fields at once: growing from empty took two allocations per
   // connection. Kept across the connection's requests (reset_response() only clears it).
-  if (c_.fields.capacity() < 256) c_.fields.reserve(256);
-  c_.fields.append(name).append(": ").append(value).append("\r\n");
+  if (f.capacity() < 256) f.reserve(256);
+  // One resize and inline copies: four appends cost four calls into memcpy for a dozen bytes.
+  std::size_t at = f.size();
+  f.resize(at + name.size() + value.size() + 4);
+  char* p = f.data() + at;
+  squall::detail::copy_small(p, name.data(), name.size());
+  p += name.size();
+  *p++ = ':';
+  *p++ = ' ';
+  squall::detail::copy_small(p, value.data(), value.size());
+  p += value.size();
+  *p++ = '\r';
+  *p = '\n';
 }
 
 void response::set_header(std::string_view name, std::string_view value) {
