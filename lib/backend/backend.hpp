@@ -34,6 +34,9 @@ void defer_io(io_loop& loop, io_completion* io);
 inline void prefetch_stack(const void* p, std::size_t below) noexcept {
   auto a = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63};
   std::uintptr_t end = (a | 4095) + 1;
+  // Unrolled: a loop step per line was three instructions of bookkeeping for each prefetch,
+  // about a hundred a resumed fiber.
+#pragma GCC unroll 4
   for (std::uintptr_t c = a - below; c < end; c += 64)
     __builtin_prefetch(reinterpret_cast<const void*>(c));
 }

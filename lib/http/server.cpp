@@ -125,7 +125,7 @@ struct date_cache {
 };
 
 const date_cache& current_date() noexcept {
-  thread_local date_cache d;
+  __attribute__((tls_model("initial-exec"))) thread_local date_cache d;  // no __tls_get_addr call
   std::time_t now = std::time(nullptr);
   if (now != d.at) {
     static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
