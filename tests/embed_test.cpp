@@ -54,6 +54,11 @@ TEST_CASE("a foreign poll() loop drives timers, fd handlers and cross-thread cal
   std::thread other([&] {
     std::this_thread::sleep_for(40ms);
     loop.add_callback([&] { callback = true; });
+    // The pipe is written only after the host has run the callback, so the two events wake
+    // its poll() apart however late either thread is scheduled.
+    auto until = std::chrono::steady_clock::now() + 10s;
+    while (!callback && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(1ms);
     std::this_thread::sleep_for(20ms);
     REQUIRE(::write(p[1], "x", 1) == 1);
   });

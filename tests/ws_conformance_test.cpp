@@ -912,11 +912,13 @@ TEST_CASE("the server's close: close() waits for the echo; close_timeout when no
   // The client never answers: after close_timeout the server drops the connection (1006).
   f.peer([&] {
     raw_ws w(f.port, "/closer");
+    // Before "go": the server's 300 ms start when it reads it, so they cannot start earlier
+    // than this, however late this thread wakes afterwards.
+    auto t0 = std::chrono::steady_clock::now();
     w.send_frame(text, "go");
     CHECK(w.expect_close() == 4001);
-    auto t0 = std::chrono::steady_clock::now();
     CHECK(w.ends());
-    CHECK(std::chrono::steady_clock::now() - t0 >= 250ms);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 290ms);
   });
   REQUIRE(run_until(f.loop, [&] { return seen.size() == 2; }));
   CHECK(seen[1].first == 1006);
@@ -1379,14 +1381,24 @@ TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one 
   });
   REQUIRE(f.wait_results(2));
   CHECK(f.results[1].code == 1006);
-  // Messages count as being heard: a chatty peer gets no pings.
+  // Messages count as being heard: a chatty peer gets no pings. A longer interval here, so that
+  // a client thread woken late on a loaded machine is not taken for a quiet one: 40 messages
+  // 20 ms apart still span more than two intervals, with 280 ms of room in each gap.
+  f.make_options = [] {
+    ws::options o;
+    o.ping_interval = 300ms;
+    o.ping_timeout = 900ms;
+    return o;
+  };
   f.peer([&] {
     raw_ws w(f.port);
-    for (int i = 0; i < 20; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 40; ++i) {
       w.send_frame(text, "hi");
       CHECK(w.next().raw == server_frame(text, "hi"));
       std::this_thread::sleep_for(20ms);
     }
+    CHECK(std::chrono::steady_clock::now() - t0 > 600ms);
     CHECK(w.clean_close());
   });
 }
