@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 #include <stdexcept>
@@ -285,22 +286,26 @@ TEST_CASE("join with a deadline times out while the fiber keeps running") {
 
 TEST_CASE("a fiber waits for executor work without blocking the loop") {
   io_loop loop;
-  int ticks = 0;
+  std::atomic<int> ticks{0};
   squall::timer_handle th;
   std::function<void()> tick = [&] {
     ++ticks;
     th = loop.call_later(1ms, tick);
   };
   th = loop.call_later(1ms, tick);
+  // The worker returns once the loop has ticked five times while it ran (a blocked loop never
+  // would: it gives up after 10 s), not after a fixed 30 ms that a stalled loop could miss.
   auto v = run_sync(loop, [&] {
-    return this_fiber::run_in_executor([] {
-      std::this_thread::sleep_for(30ms);
+    return this_fiber::run_in_executor([&] {
+      auto until = std::chrono::steady_clock::now() + 10s;
+      while (ticks < 5 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(1ms);
       return 99;
     });
   });
   th.cancel();
   CHECK(v == 99);
-  CHECK(ticks >= 5);  // the loop kept running while the worker slept
+  CHECK(ticks >= 5);  // the loop kept running while the worker waited
   auto ec = run_sync(loop, [&] {
     return code_of([] {
       this_fiber::run_in_executor(

@@ -625,7 +625,8 @@ TEST_CASE("1,000 lookups in flight from 1,000 fibers, and the loop stays respons
   std::size_t peak = 0;
   std::function<void()> tick = [&] {
     auto now = io_loop::now();
-    worst_gap = std::max(worst_gap, now - last);
+    // From the first tick on: before it, the loop was still starting the 1,000 fibers.
+    if (ticks > 0) worst_gap = std::max(worst_gap, now - last);
     last = now;
     ++ticks;
     peak = std::max(peak, r.in_flight());
