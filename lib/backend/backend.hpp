@@ -167,11 +167,11 @@ backend& backend_of(io_loop& loop) noexcept;
 // value, or ENOSYS for a backend not compiled in) if it cannot be set up.
 std::unique_ptr<backend> make_epoll_backend(int& err);
 // defer: io_loop::options::defer_completions.
-std::unique_ptr<backend> make_io_uring_backend(int& err, bool defer = false);
+std::unique_ptr<backend> make_io_uring_backend(int& err, bool defer);
 std::unique_ptr<backend> make_kqueue_backend(int& err);
 
 // Resolves `automatic` (SQUALL_BACKEND, then the platform default), builds the backend, and
 // falls back from io_uring to epoll with one log line. Throws std::system_error on failure.
-std::unique_ptr<backend> make_backend(backend_kind requested, bool defer_completions = false);
+std::unique_ptr<backend> make_backend(backend_kind requested, bool defer_completions);
 
 }  // namespace squall::detail

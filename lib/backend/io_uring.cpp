@@ -112,26 +112,19 @@ class io_uring_backend final : public backend {
     // the first call that enters the kernel (enter()), normally the first wait, enables it on
     // its own thread. Not the default: deferred work does not signal the eventfd an embedding
     // host polls (measured on 6.18: embed_test's pipe never woke it). CQSIZE: see cq_entries.
-    io_uring_params p{};
+    constexpr unsigned deferring =
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
+    // The best set first; a kernel that refuses one (EINVAL) gets the next.
+    const unsigned tries[] = {deferring, IORING_SETUP_COOP_TASKRUN, 0};
     int r = -EINVAL;
-    if (defer) {
-      p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED |
-                IORING_SETUP_CQSIZE;
+    for (unsigned flags : tries) {
+      if (r != -EINVAL) break;
+      if (flags == deferring && !defer) continue;
+      io_uring_params p{};
+      p.flags = flags | IORING_SETUP_CQSIZE;
       p.cq_entries = cq_entries;
       r = io_uring_queue_init_params(ring_entries, &ring_, &p);
-      deferred_ = r == 0;
-    }
-    if (r == -EINVAL) {
-      p = io_uring_params{};
-      p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
-      p.cq_entries = cq_entries;
-      r = io_uring_queue_init_params(ring_entries, &ring_, &p);
-    }
-    if (r == -EINVAL) {
-      p = io_uring_params{};
-      p.flags = IORING_SETUP_CQSIZE;
-      p.cq_entries = cq_entries;
-      r = io_uring_queue_init_params(ring_entries, &ring_, &p);
+      deferred_ = r == 0 && flags == deferring;
     }
     ring_ok_ = r == 0;
     return r;
