@@ -731,9 +731,15 @@ TEST_CASE("tornado: the pool reuses keep-alive connections and closes idle ones"
         CHECK(c.idle_connections() == 0);
 
         // A server closing the idle connection: the next fetch finds out and connects anew.
+        // Another client asks when Tornado has closed it (a fixed wait could end first on a
+        // slow machine, and the fetch then reuse the connection before it is closed).
+        http::client probe(this_fiber::loop());
+        std::string closed = probe.get(t.url("/dropped")).body;
         std::string before = c.get(t.url("/whoami")).body;
         CHECK(c.get(t.url("/drop")).body == "bye soon");
-        this_fiber::sleep_for(150ms);
+        for (int i = 0; i < 500 && probe.get(t.url("/dropped")).body == closed; ++i)
+          this_fiber::sleep_for(10ms);
+        CHECK(probe.get(t.url("/dropped")).body != closed);
         r = c.get(t.url("/whoami"));
         CHECK(r.code == 200);
         CHECK(r.body != before);
@@ -762,10 +768,11 @@ TEST_CASE("tornado: max_connections_per_host bounds the connections, max_idle_pe
     with_client(
         [&](http::client& c) {
           c.get(t.url("/peak"));  // reset
+          // Each request is held until as many as the client may send at once are in (or 5 s).
+          std::string path = "/concurrent?expect=" + std::to_string(std::min(limit, fetches));
           std::vector<squall::fiber<std::string>> fs;
           for (std::size_t i = 0; i < fetches; ++i)
-            fs.push_back(
-                spawn(this_fiber::loop(), [&] { return c.get(t.url("/concurrent")).body; }));
+            fs.push_back(spawn(this_fiber::loop(), [&] { return c.get(t.url(path)).body; }));
           for (auto& f : fs)
             ports.insert(f.join());
           idle = c.idle_connections();

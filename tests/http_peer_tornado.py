@@ -123,16 +123,27 @@ class Whoami(tornado.web.RequestHandler):
 
 
 class Concurrent(tornado.web.RequestHandler):
-    """Holds each request 250 ms and records how many were in here at once (/peak)."""
+    """Holds each request 250 ms and records how many were in here at once (/peak).
+
+    With ?expect=N a request is held, beyond the 250 ms, until N have been in here at once since
+    the last /peak (for at most 5 s): a client that may send N at a time then shows N however
+    slowly this machine runs them, and one that sends more than it may still shows more, since
+    its requests overlap for 250 ms.
+    """
 
     current = 0
     peak = 0
 
     async def get(self):
+        expect = int(self.get_argument("expect", "0"))
         Concurrent.current += 1
         Concurrent.peak = max(Concurrent.peak, Concurrent.current)
         try:
             await asyncio.sleep(0.25)
+            for _ in range(475):
+                if Concurrent.peak >= expect:
+                    break
+                await asyncio.sleep(0.01)
         finally:
             Concurrent.current -= 1
         self.write(str(self.request.connection.context.address[1]))
@@ -178,12 +189,24 @@ class Close(tornado.web.RequestHandler):
 
 class Drop(tornado.web.RequestHandler):
     """Answers normally (keep-alive), then closes the idle connection 50 ms later, as a server
-    whose keep-alive timeout is short does."""
+    whose keep-alive timeout is short does. /dropped counts the connections closed so."""
+
+    closed = 0
 
     def get(self):
         stream = self.request.connection.stream
-        tornado.ioloop.IOLoop.current().call_later(0.05, stream.close)
+
+        def close():
+            stream.close()
+            Drop.closed += 1
+
+        tornado.ioloop.IOLoop.current().call_later(0.05, close)
         self.write("bye soon")
+
+
+class Dropped(tornado.web.RequestHandler):
+    def get(self):
+        self.write(str(Drop.closed))
 
 
 def main():
@@ -206,6 +229,7 @@ def main():
             (r"/status/(\d+)", Status),
             (r"/close", Close),
             (r"/drop", Drop),
+            (r"/dropped", Dropped),
         ],
         compress_response=True,
     )
