@@ -1346,16 +1346,18 @@ TEST_CASE("a sender blocked on a peer that vanishes: the handler ends, nothing d
 
 TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one kept") {
   fixture f;
+  // A peer that answers: pings keep coming, the connection stays. Its thread has 400 ms to
+  // answer each ping (a loaded machine may not run it for 150 ms), and it answers for 1.5 s, so
+  // a server that did not count the pongs would still drop it halfway.
   f.make_options = [] {
     ws::options o;
     o.ping_interval = 50ms;
-    o.ping_timeout = 150ms;
+    o.ping_timeout = 400ms;
     return o;
   };
-  // A peer that answers: pings keep coming, the connection stays.
   f.peer([&] {
     raw_ws w(f.port);
-    auto end = std::chrono::steady_clock::now() + 500ms;
+    auto end = std::chrono::steady_clock::now() + 1500ms;
     int pings = 0;
     while (std::chrono::steady_clock::now() < end) {
       rframe fr = w.next();
@@ -1369,6 +1371,12 @@ TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one 
   REQUIRE(f.wait_results(1));
   CHECK(f.results[0].code == 1000);
   // A peer that reads but never answers: a ping, then 1011 and the end, about 200 ms in.
+  f.make_options = [] {
+    ws::options o;
+    o.ping_interval = 50ms;
+    o.ping_timeout = 150ms;
+    return o;
+  };
   f.peer([&] {
     raw_ws w(f.port);
     auto t0 = std::chrono::steady_clock::now();
