@@ -5,9 +5,9 @@
 //
 //   http_uring [--multishot] [--port] P     (listens on 127.0.0.1:P; prints "listening")
 //
-//   - the ring is set up as squall's is (SINGLE_ISSUER | DEFER_TASKRUN, else plain), and one
-//     io_uring_enter a loop iteration submits what the last batch of completions asked for and
-//     waits for at least one more;
+//   - the ring is set up with squall's flags (SINGLE_ISSUER | DEFER_TASKRUN, else plain; unlike
+//     squall it registers no fixed files), and one io_uring_enter a loop iteration submits what
+//     the last batch of completions asked for and waits for at least one more;
 //   - a multishot accept on the listening socket; accepted sockets get TCP_NODELAY;
 //   - receives pick their buffer from a provided-buffer ring (1,024 buffers of 4 KiB, each
 //     given back as soon as its bytes are counted), as squall's receives do. By default each
@@ -270,9 +270,15 @@ int main(int argc, char** argv) {
       uint64_t data = io_uring_cqe_get_data64(cqe);
       struct conn* c = (struct conn*)(uintptr_t)(data & PTR_MASK);
       switch ((enum op)(data & 3)) {
-        case OP_ACCEPT: on_accept(lfd, cqe); break;
-        case OP_RECV: on_recv(c, cqe); break;
-        case OP_SEND: on_send(c, cqe, (size_t)(data >> REQS_SHIFT)); break;
+        case OP_ACCEPT:
+          on_accept(lfd, cqe);
+          break;
+        case OP_RECV:
+          on_recv(c, cqe);
+          break;
+        case OP_SEND:
+          on_send(c, cqe, (size_t)(data >> REQS_SHIFT));
+          break;
       }
     }
     io_uring_cq_advance(&ring, seen);
