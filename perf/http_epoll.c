@@ -34,18 +34,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "raw_http.h"
+
 #define READ_SIZE 65536
 #define MAX_EVENTS 256
-
-static const char RESPONSE[] =
-    "HTTP/1.1 200 OK\r\n"
-    "Server: http_epoll\r\n"
-    "Content-Type: text/plain\r\n"
-    "Content-Length: 13\r\n"
-    "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
-    "\r\n"
-    "Hello, World!";
-#define RESP_LEN (sizeof RESPONSE - 1)
 
 // One read completes at most READ_SIZE / 4 + 1 requests (the first may need a single byte),
 // and nothing is read while answers are pending; a pending tail starts inside the first copy,
@@ -61,7 +53,6 @@ struct conn {
 
 static char rbuf[READ_SIZE];
 static char* out;  // MAX_RESPONSES copies of RESPONSE
-static size_t out_len;
 
 static void die(const char* what) {
   fprintf(stderr, "http_epoll: %s: %s\n", what, strerror(errno));
@@ -78,37 +69,6 @@ static void set_interest(int ep, struct conn* c, uint32_t events) {
 static void drop(struct conn* c) {
   close(c->fd);  // also removes it from the epoll set
   free(c);
-}
-
-// Count "\r\n\r\n" in p[0..n), continuing from (and updating) *state.
-static size_t count_requests(unsigned* state, const char* p, size_t n) {
-  size_t count = 0;
-  unsigned s = *state;
-  const char* end = p + n;
-  while (p < end) {
-    if (s == 0) {  // the common case: skip to the next '\r'
-      const char* cr = memchr(p, '\r', (size_t)(end - p));
-      if (!cr) break;
-      p = cr + 1;
-      s = 1;
-      continue;
-    }
-    char ch = *p++;
-    if (ch == '\r')
-      s = (s == 2) ? 3 : 1;
-    else if (ch == '\n' && (s == 1 || s == 3)) {
-      if (s == 3) {
-        ++count;
-        s = 0;
-      } else {
-        s = 2;
-      }
-    } else {
-      s = 0;
-    }
-  }
-  *state = s;
-  return count;
 }
 
 static void accept_all(int ep, int lfd) {
@@ -195,23 +155,12 @@ int main(int argc, char** argv) {
 
   signal(SIGPIPE, SIG_IGN);  // a write to a connection the peer closed fails with EPIPE
 
-  out_len = (size_t)MAX_RESPONSES * RESP_LEN;
-  out = malloc(out_len);
+  out = canned_responses(MAX_RESPONSES);
   if (!out) die("malloc");
-  for (size_t k = 0; k < MAX_RESPONSES; ++k)
-    memcpy(out + k * RESP_LEN, RESPONSE, RESP_LEN);
 
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(lfd, (struct sockaddr*)&sa, sizeof sa) != 0) die("bind");
-  if (listen(lfd, SOMAXCONN) != 0) die("listen");
+  const char* failed = "";
+  int lfd = listen_loopback(port, SOCK_NONBLOCK, &failed);
+  if (lfd < 0) die(failed);
 
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");

@@ -14,9 +14,8 @@
 //     receive is one-shot with IORING_RECVSEND_POLL_FIRST (squall's way: a poll armed per
 //     request); with --multishot one multishot receive per connection stays armed for its
 //     life (re-armed only when the kernel ends it);
-//   - requests are counted as http_epoll counts them ("\r\n\r\n", a 2-bit state per
-//     connection); the answer to n requests is one send of n copies of the same canned response
-//     as http_epoll's, from a buffer filled with copies at start-up;
+//   - requests are counted, and answered with n copies of the same canned response in one
+//     send, by the code http_epoll uses (perf/raw_http.h);
 //   - unlike http_epoll it has no backpressure: a send that fails or goes out short closes the
 //     connection (the load, wrk's GETs answered at once, never fills a socket buffer).
 //
@@ -36,15 +35,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static const char RESPONSE[] =
-    "HTTP/1.1 200 OK\r\n"
-    "Server: http_epoll\r\n"
-    "Content-Type: text/plain\r\n"
-    "Content-Length: 13\r\n"
-    "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
-    "\r\n"
-    "Hello, World!";
-#define RESP_LEN (sizeof RESPONSE - 1)
+#include "raw_http.h"
 
 #define BUF_SIZE 4096
 #define BUF_COUNT 1024  // a power of two (the ring's mask)
@@ -117,24 +108,6 @@ static void close_conn(struct conn* c) {
   if (c->pending == 0) free(c);
 }
 
-static size_t count_requests(unsigned* match, const char* p, size_t n) {
-  static const char end[4] = {'\r', '\n', '\r', '\n'};
-  size_t reqs = 0;
-  unsigned m = *match;
-  for (size_t i = 0; i < n; ++i) {
-    if (p[i] == end[m]) {
-      if (++m == 4) {
-        ++reqs;
-        m = 0;
-      }
-    } else {
-      m = p[i] == '\r';
-    }
-  }
-  *match = m;
-  return reqs;
-}
-
 static void on_accept(int lfd, const struct io_uring_cqe* cqe) {
   if (!(cqe->flags & IORING_CQE_F_MORE)) {  // the multishot accept ended: arm it again
     struct io_uring_sqe* sqe = sqe_for(NULL, OP_ACCEPT, 0);
@@ -198,10 +171,8 @@ int main(int argc, char** argv) {
   }
   signal(SIGPIPE, SIG_IGN);
 
-  out = malloc((size_t)MAX_RESPONSES * RESP_LEN);
+  out = canned_responses(MAX_RESPONSES);
   if (!out) die("malloc");
-  for (size_t k = 0; k < MAX_RESPONSES; ++k)
-    memcpy(out + k * RESP_LEN, RESPONSE, RESP_LEN);
 
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
@@ -239,17 +210,9 @@ int main(int argc, char** argv) {
                           io_uring_buf_ring_mask(BUF_COUNT), (int)b);
   io_uring_buf_ring_advance(bufs, BUF_COUNT);
 
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(lfd, (struct sockaddr*)&sa, sizeof sa) != 0) die("bind");
-  if (listen(lfd, SOMAXCONN) != 0) die("listen");
+  const char* failed = "";
+  int lfd = listen_loopback(port, 0, &failed);
+  if (lfd < 0) die(failed);
   struct io_uring_sqe* sqe = sqe_for(NULL, OP_ACCEPT, 0);
   io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);
 
