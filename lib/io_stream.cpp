@@ -43,6 +43,10 @@ io_stream::io_stream(async_fd fd, io_stream_options opts) : fd_(std::move(fd)), 
 
 namespace {
 constexpr std::size_t pool_block = detail::buffer_pool::block_size;
+// The least room a read asking for up to `extra` bytes gets (see reserve_read).
+constexpr std::size_t room_floor(std::size_t extra) noexcept {
+  return extra - extra / 2;
+}
 }  // namespace
 
 // One call of the stream that may suspend, from start to end: linked into the stream's list
@@ -227,11 +231,17 @@ void io_stream::consume_previous() noexcept {
   if (rpos_ == rend_) rpos_ = rend_ = 0;  // empty: the next read starts at the front
 }
 
-// Makes room for `extra` more bytes after rend_: compacts first, grows if that is not enough.
+// Makes room for a read of up to `extra` bytes after rend_: at least half of `extra` (what
+// read_room promises), compacting first, growing only if that is not enough. Demanding all of
+// `extra` would make a 64 KiB buffer that holds the first few bytes of a message (a request
+// split across segments, or by the end of the shared receive region) grow to 128 KiB for the
+// rest, and a grown buffer stays with its stream; a read into 64 KiB less a few bytes does as
+// well. A buffer that is nearly full still grows, doubling, as large messages need.
 void io_stream::reserve_read(std::size_t extra) {
-  if (rcap_ - rend_ >= extra) return;
+  const std::size_t enough = room_floor(extra);
+  if (rcap_ - rend_ >= enough) return;
   std::size_t live = rend_ - rpos_;
-  if (rpos_ > 0 && rcap_ - live >= extra) {
+  if (rpos_ > 0 && rcap_ - live >= enough) {
     std::memmove(rbuf_, rbuf_ + rpos_, live);
     rpos_ = 0;
     rend_ = live;
@@ -250,7 +260,7 @@ void io_stream::reserve_read(std::size_t extra) {
   char* nb = static_cast<char*>(std::malloc(cap));
   if (!nb) throw std::bad_alloc();
   if (live) std::memcpy(nb, rbuf_ + rpos_, live);
-  std::free(rbuf_);
+  if (!to_pool(rbuf_, rcap_)) std::free(rbuf_);  // a pool block goes back to the pool
   rbuf_ = nb;
   rcap_ = cap;
   rpos_ = 0;
@@ -261,13 +271,14 @@ void io_stream::reserve_read(std::size_t extra) {
 // before the wait and is borrowed again only now.
 struct io_stream::read_room final : read_target {
   io_stream& s;
-  read_room(io_stream& st, std::size_t extra) : s(st) {
+  std::size_t extra;
+  read_room(io_stream& st, std::size_t want) : s(st), extra(want) {
     // A buffer borrowed when the bytes come is the pool's last returned one, warm already.
     hint = s.rbuf_ ? s.rbuf_ + s.rend_ : nullptr;
-    at_most = extra;  // reserve_read(at_most) makes at least that much room
+    at_most = room_floor(extra);  // reserve_read(extra) makes at least that much room
     get = [](read_target* t, std::size_t* len) -> void* {
       auto* r = static_cast<read_room*>(t);
-      r->s.reserve_read(r->at_most);
+      r->s.reserve_read(r->extra);
       *len = r->s.rcap_ - r->s.rend_;
       return r->s.rbuf_ + r->s.rend_;
     };

@@ -964,6 +964,61 @@ TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
   });
 }
 
+TEST_CASE("a message that comes in pieces is read on into the buffer it started in") {
+  // The first bytes stay buffered while the rest is read, as when a parser waits for the end of
+  // a head. The read after them has 64 KiB less those bytes of room, which must do: demanding a
+  // whole 64 KiB made the buffer grow to 128 KiB, and a grown buffer stays with its stream, so
+  // every connection that once got a request in two pieces held 128 KiB even when idle.
+  io_loop::options lo;
+  SUBCASE("with the shared receive region (io_uring, Linux 6.12)") {
+    lo.shared_receive_from = 0;
+  }
+  SUBCASE("without it") {
+    lo.shared_receive_from = SIZE_MAX;
+  }
+  io_loop loop(lo);
+  auto& pool = squall::detail::buffer_pool_of(loop);
+  stream_pair p(loop);
+  bool held_in_kernel = p.a.handle().reads_at_submit() && !p.a.handle().provides_read_buffers();
+  constexpr std::string_view first = "GET / HTTP/1.1\r\n",
+                             whole = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  bool got_first = false, got_whole = false;
+  auto reader = spawn(loop, [&] {
+    auto deadline = io_loop::now() + 5s;
+    while (p.a.peek().size() < first.size())
+      REQUIRE(p.a.read_more(deadline));
+    CHECK(p.a.peek() == first);
+    const char* at = p.a.peek().data();
+    got_first = true;
+    while (p.a.peek().size() < whole.size())
+      REQUIRE(p.a.read_more(deadline));
+    CHECK(p.a.peek() == whole);
+    CHECK(p.a.peek().data() == at);  // the same buffer: it did not have to grow
+    p.a.consume(whole.size());
+    got_whole = true;
+    CHECK(p.a.read_some(deadline) == "next");
+  });
+  run_sync(loop, [&] {
+    p.b.write(first);
+    p.b.flush();
+    for (int i = 0; i < 1000 && !got_first; ++i)
+      this_fiber::sleep_for(1ms);
+    REQUIRE(got_first);
+    p.b.write(whole.substr(first.size()));
+    p.b.flush();
+    for (int i = 0; i < 1000 && !got_whole; ++i)
+      this_fiber::sleep_for(1ms);
+    REQUIRE(got_whole);
+    this_fiber::sleep_for(5ms);  // the reader waits for the next bytes
+    // b's write buffer is back, and so is a's empty read buffer (a 64 KiB block, not a grown
+    // one), unless a receive submitted with it holds it.
+    CHECK(pool.free_count() == (held_in_kernel ? 1u : 2u));
+    p.b.write("next");
+    p.b.flush();
+    reader.join();
+  });
+}
+
 TEST_CASE("a view stays intact until the next read while other streams borrow and return") {
   // Many streams share a pool of one block (free_buffers = 1): a stream that gave its buffer
   // back too early, or lent one it still had bytes in, would see another stream's bytes.

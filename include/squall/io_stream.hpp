@@ -33,7 +33,10 @@ namespace squall {
 struct io_stream_options {
   // Largest read buffer (Tornado's max_buffer_size).
   std::size_t max_buffer_size = 100 * 1024 * 1024;
-  // Bytes asked of the kernel per read.
+  // Bytes asked of the kernel per read, at most. When the buffer holds unread bytes (the start
+  // of a message whose rest is still coming), the read takes the room left after them if
+  // that is at least half of this; only a fuller buffer grows (doubling), so a message split
+  // in pieces does not make a stream's 64 KiB buffer grow.
   std::size_t read_chunk = 64 * 1024;
   // write() sends once this much is buffered, waiting until it is sent.
   std::size_t write_high_water = 64 * 1024;
