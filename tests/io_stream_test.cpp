@@ -921,7 +921,11 @@ TEST_CASE("close() from outside a fiber still sends what the socket takes") {
 
 // --- Buffers lent from the loop's pool (io_stream_options::lend_buffers) ----------------------
 
-TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
+namespace {
+
+// Loop options for the two ways an io_uring loop receives, as subcases: into the loop's shared
+// region, or into each stream's own buffer (on epoll and kqueue both are the same).
+io_loop::options receive_modes() {
   io_loop::options lo;
   SUBCASE("with the shared receive region (io_uring, Linux 6.12)") {
     lo.shared_receive_from = 0;
@@ -929,12 +933,30 @@ TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
   SUBCASE("without it") {
     lo.shared_receive_from = SIZE_MAX;
   }
-  io_loop loop(lo);
+  return lo;
+}
+
+// io_uring without incremental buffer rings (before Linux 6.12) hands its receive a buffer when
+// it is submitted, which the kernel then holds while the stream waits; with them, the kernel
+// picks one in the loop's region on arrival.
+bool receive_holds_buffer(io_stream& s) {
+  return s.handle().reads_at_submit() && !s.handle().provides_read_buffers();
+}
+
+// From a fiber: waits until another fiber has set `flag` (a second at most).
+void wait_for_flag(const bool& flag) {
+  for (int i = 0; i < 1000 && !flag; ++i)
+    this_fiber::sleep_for(1ms);
+  REQUIRE(flag);
+}
+
+}  // namespace
+
+TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
+  io_loop loop(receive_modes());
   auto& pool = squall::detail::buffer_pool_of(loop);
   stream_pair p(loop);
-  // io_uring without incremental buffer rings (before Linux 6.12) hands its receive a buffer
-  // when it is submitted; with them, the kernel picks one in the loop's region on arrival.
-  bool held_in_kernel = p.a.handle().reads_at_submit() && !p.a.handle().provides_read_buffers();
+  bool held_in_kernel = receive_holds_buffer(p.a);
   REQUIRE(pool.free_count() == 0);
   run_sync(loop, [&] {
     p.b.write("ping");
@@ -952,9 +974,7 @@ TEST_CASE("an idle stream gives its buffers back to the loop's pool") {
     CHECK(p.a.read_some(io_loop::now() + 5s) == "pong");
   });
   run_sync(loop, [&] {
-    for (int i = 0; i < 1000 && !got_ping; ++i)
-      this_fiber::sleep_for(1ms);
-    REQUIRE(got_ping);
+    wait_for_flag(got_ping);
     this_fiber::sleep_for(5ms);  // the reader waits for the next bytes
     // The empty buffer is back while the reader waits, unless the receive holds it.
     CHECK(pool.free_count() == (held_in_kernel ? 0u : 1u));
@@ -969,17 +989,10 @@ TEST_CASE("a message that comes in pieces is read on into the buffer it started 
   // a head. The read after them has 64 KiB less those bytes of room, which must do: demanding a
   // whole 64 KiB made the buffer grow to 128 KiB, and a grown buffer stays with its stream, so
   // every connection that once got a request in two pieces held 128 KiB even when idle.
-  io_loop::options lo;
-  SUBCASE("with the shared receive region (io_uring, Linux 6.12)") {
-    lo.shared_receive_from = 0;
-  }
-  SUBCASE("without it") {
-    lo.shared_receive_from = SIZE_MAX;
-  }
-  io_loop loop(lo);
+  io_loop loop(receive_modes());
   auto& pool = squall::detail::buffer_pool_of(loop);
   stream_pair p(loop);
-  bool held_in_kernel = p.a.handle().reads_at_submit() && !p.a.handle().provides_read_buffers();
+  bool held_in_kernel = receive_holds_buffer(p.a);
   constexpr std::string_view first = "GET / HTTP/1.1\r\n",
                              whole = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   bool got_first = false, got_whole = false;
@@ -1001,14 +1014,10 @@ TEST_CASE("a message that comes in pieces is read on into the buffer it started 
   run_sync(loop, [&] {
     p.b.write(first);
     p.b.flush();
-    for (int i = 0; i < 1000 && !got_first; ++i)
-      this_fiber::sleep_for(1ms);
-    REQUIRE(got_first);
+    wait_for_flag(got_first);
     p.b.write(whole.substr(first.size()));
     p.b.flush();
-    for (int i = 0; i < 1000 && !got_whole; ++i)
-      this_fiber::sleep_for(1ms);
-    REQUIRE(got_whole);
+    wait_for_flag(got_whole);
     this_fiber::sleep_for(5ms);  // the reader waits for the next bytes
     // b's write buffer is back, and so is a's empty read buffer (a 64 KiB block, not a grown
     // one), unless a receive submitted with it holds it.
