@@ -27,6 +27,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "raw_http.h"  // listen_loopback
+
 #define READ_SIZE 65536
 #define MAX_EVENTS 256
 
@@ -142,17 +144,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_port = htons((uint16_t)port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(lfd, (struct sockaddr*)&a, sizeof a) != 0) die("bind");
-  if (listen(lfd, 1024) != 0) die("listen");
+  const char* failed = "";
+  int lfd = listen_loopback(port, SOCK_NONBLOCK, 1024, &failed);
+  if (lfd < 0) die(failed);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
   struct epoll_event lev;

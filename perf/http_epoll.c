@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   if (!out) die("malloc");
 
   const char* failed = "";
-  int lfd = listen_loopback(port, SOCK_NONBLOCK, &failed);
+  int lfd = listen_loopback(port, SOCK_NONBLOCK, SOMAXCONN, &failed);
   if (lfd < 0) die(failed);
 
   int ep = epoll_create1(EPOLL_CLOEXEC);

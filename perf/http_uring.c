@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   io_uring_buf_ring_advance(bufs, BUF_COUNT);
 
   const char* failed = "";
-  int lfd = listen_loopback(port, 0, &failed);
+  int lfd = listen_loopback(port, 0, SOMAXCONN, &failed);
   if (lfd < 0) die(failed);
   struct io_uring_sqe* sqe = sqe_for(NULL, OP_ACCEPT, 0);
   io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);

@@ -2,15 +2,17 @@
 // raw_http.h: what the raw HTTP references (perf/http_epoll.c, perf/http_uring.c) share, so
 // that they answer byte for byte alike and differ only in how they wait for the kernel: the
 // canned response, the request counter, the buffer of response copies a send is taken from,
-// and the loopback listening socket.
+// and the loopback listening socket (which perf/echo_epoll.c uses too).
 #pragma once
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static const char RESPONSE[] =
     "HTTP/1.1 200 OK\r\n"
@@ -65,10 +67,10 @@ static inline char* canned_responses(size_t copies) {
   return out;
 }
 
-// A TCP socket listening on 127.0.0.1:port (SO_REUSEADDR, backlog SOMAXCONN); `type_flags`
-// are or-ed into socket()'s type (SOCK_NONBLOCK...). Returns the fd, or -1 with errno set and
-// *failed naming the call that failed.
-static inline int listen_loopback(long port, int type_flags, const char** failed) {
+// A TCP socket listening on 127.0.0.1:port (SO_REUSEADDR); `type_flags` are or-ed into
+// socket()'s type (SOCK_NONBLOCK...). Returns the fd, or -1 with errno set and *failed naming
+// the call that failed.
+static inline int listen_loopback(long port, int type_flags, int backlog, const char** failed) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | type_flags, 0);
   if (fd < 0) {
     *failed = "socket";
@@ -81,13 +83,14 @@ static inline int listen_loopback(long port, int type_flags, const char** failed
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, (struct sockaddr*)&sa, sizeof sa) != 0) {
+  if (bind(fd, (struct sockaddr*)&sa, sizeof sa) != 0)
     *failed = "bind";
-    return -1;
-  }
-  if (listen(fd, SOMAXCONN) != 0) {
+  else if (listen(fd, backlog) != 0)
     *failed = "listen";
-    return -1;
-  }
-  return fd;
+  else
+    return fd;
+  int saved = errno;  // close() must not change what the caller reports
+  close(fd);
+  errno = saved;
+  return -1;
 }

@@ -1344,17 +1344,26 @@ TEST_CASE("a sender blocked on a peer that vanishes: the handler ends, nothing d
       f.loop, [&] { return fiber_count(f.loop) == 0 && loop_is_clean(f.loop); }, 5s));
 }
 
+namespace {
+
+// Server options that ping every `interval` and drop a peer silent for `timeout`.
+std::function<ws::options()> ping_options(squall::duration interval, squall::duration timeout) {
+  return [=] {
+    ws::options o;
+    o.ping_interval = interval;
+    o.ping_timeout = timeout;
+    return o;
+  };
+}
+
+}  // namespace
+
 TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one kept") {
   fixture f;
   // A peer that answers: pings keep coming, the connection stays. Its thread has 400 ms to
   // answer each ping (a loaded machine may not run it for 150 ms), and it answers for 1.5 s, so
   // a server that did not count the pongs would still drop it halfway.
-  f.make_options = [] {
-    ws::options o;
-    o.ping_interval = 50ms;
-    o.ping_timeout = 400ms;
-    return o;
-  };
+  f.make_options = ping_options(50ms, 400ms);
   f.peer([&] {
     raw_ws w(f.port);
     auto end = std::chrono::steady_clock::now() + 1500ms;
@@ -1371,12 +1380,7 @@ TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one 
   REQUIRE(f.wait_results(1));
   CHECK(f.results[0].code == 1000);
   // A peer that reads but never answers: a ping, then 1011 and the end, about 200 ms in.
-  f.make_options = [] {
-    ws::options o;
-    o.ping_interval = 50ms;
-    o.ping_timeout = 150ms;
-    return o;
-  };
+  f.make_options = ping_options(50ms, 150ms);
   f.peer([&] {
     raw_ws w(f.port);
     auto t0 = std::chrono::steady_clock::now();
@@ -1392,12 +1396,7 @@ TEST_CASE("ping_interval and ping_timeout: a silent peer is dropped, a live one 
   // Messages count as being heard: a chatty peer gets no pings. A longer interval here, so that
   // a client thread woken late on a loaded machine is not taken for a quiet one: 40 messages
   // 20 ms apart still span more than two intervals, with 280 ms of room in each gap.
-  f.make_options = [] {
-    ws::options o;
-    o.ping_interval = 300ms;
-    o.ping_timeout = 900ms;
-    return o;
-  };
+  f.make_options = ping_options(300ms, 900ms);
   f.peer([&] {
     raw_ws w(f.port);
     auto t0 = std::chrono::steady_clock::now();
