@@ -233,7 +233,10 @@ void on_ring_complete(detail::io_completion* c, unsigned events, int res, unsign
   op->cflags = flags;
   op->events = events;
   waiter& w = *op;
-  if (res == -ECANCELED && w.abandoning)
+  // A cancelled operation ends with ECANCELED, or with EINTR when it had gone to a kernel
+  // worker (a send the socket could not take): either way the wait's own reason (a deadline, a
+  // cancel) is the answer, not the errno.
+  if ((res == -ECANCELED || res == -EINTR) && w.abandoning)
     detail::wake_now(w, w.abandon_reason);
   else
     detail::wake_now(w);

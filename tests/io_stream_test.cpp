@@ -241,6 +241,28 @@ TEST_CASE("half-close: the peer reads end of stream and can still answer") {
   CHECK(reply == "got 12");
 }
 
+// io_uring runs a send that cannot go on in a kernel worker; cancelling it there (the deadline)
+// ends it with EINTR rather than ECANCELED. Either way the caller hears of its deadline.
+TEST_CASE("a send stuck on a peer that half-closed and stopped reading times out as timed_out") {
+  io_loop loop;
+  squall::event stop;
+  squall::tcp_server server(loop, [&](io_stream& s, const squall::address&) {
+    s.shutdown_write();  // FIN, then never a read
+    stop.wait();
+  });
+  server.listen(0, "127.0.0.1");
+  run_sync(loop, [&] {
+    io_stream c = squall::tcp_connect(server.addresses().at(0));
+    CHECK(c.read_some().empty());  // the peer's FIN
+    std::string big(1 << 20, 'b');
+    CHECK(code_of([&] {
+            for (;;)
+              c.write(big, io_loop::now() + 50ms);
+          }) == squall::error::timed_out);
+    stop.set();
+  });
+}
+
 TEST_CASE("deadlines and the idle timeout end reads with timed_out") {
   io_loop loop;
   squall::io_stream_options idle;
