@@ -1399,6 +1399,57 @@ TEST_CASE("scripted: bytes after a bodiless response keep the connection out of 
 #endif
 
 #if SQUALL_HAVE_ZLIB
+TEST_CASE(
+    "scripted: a gzip body that decodes to megabytes reaches the callback in bounded pieces") {
+  // 4 MiB of a 1,000-byte pattern compress to about 20 KB: one read's worth decodes to far more
+  // than one piece should hold (a few KB of gzip can decode to gigabytes).
+  std::string unit;
+  for (int i = 0; unit.size() < 1000; ++i)
+    unit += std::to_string(i * 7919) + ",";
+  unit.resize(1000);
+  std::string text;
+  while (text.size() < (4u << 20))
+    text += unit;
+  z_stream z{};
+  deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+  std::string gz(text.size() / 100, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(text.data());
+  z.avail_in = static_cast<uInt>(text.size());
+  z.next_out = reinterpret_cast<Bytef*>(gz.data());
+  z.avail_out = static_cast<uInt>(gz.size());
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  gz.resize(z.total_out);
+  deflateEnd(&z);
+  auto script = [&](io_stream& s, const squall::address&) {
+    while (!read_request(s).empty()) {
+      s.write("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " +
+              std::to_string(gz.size()) + "\r\n\r\n" + gz);
+      s.flush();
+    }
+  };
+  with_server(script, [&](http::client& c, scripted& srv) {
+    std::size_t largest = 0, pieces = 0;
+    std::string got;
+    auto req = request(srv.url());
+    req.streaming_callback = [&](std::string_view piece) {
+      largest = std::max(largest, piece.size());
+      ++pieces;
+      got += piece;
+    };
+    CHECK(c.fetch(std::move(req)).code == 200);
+    CHECK(got == text);
+    CHECK(largest <= 64 * 1024);
+    CHECK(pieces >= text.size() / (64 * 1024));
+    // The limit still counts decoded bytes, and stops the decoding at it.
+    req = request(srv.url());
+    req.limits.max_body_size = 1 << 20;
+    std::size_t seen = 0;
+    req.streaming_callback = [&](std::string_view piece) { seen += piece.size(); };
+    CHECK(contains(bad_response_of([&] { c.fetch(std::move(req)); }), "max_body_size"));
+    CHECK(seen <= (1u << 20));
+  });
+}
+
 TEST_CASE("scripted: max_body_size = UINT64_MAX (unlimited) decodes a gzip body") {
   squall::io_loop loop;
   squall::tcp_server srv(loop, [&](squall::io_stream& s, const squall::address&) {

@@ -637,6 +637,47 @@ TEST_CASE("gzip: responses compressed when accepted, request bodies decoded when
     return 0;
   });
 }
+
+TEST_CASE("gzip: a request body that decodes to megabytes is read in bounded pieces") {
+  // 4 MiB of a 1,000-byte pattern: about 20 KB of gzip, so that one read's worth of it decodes
+  // to far more than a piece should hold.
+  std::string unit;
+  for (int i = 0; unit.size() < 1000; ++i)
+    unit += std::to_string(i * 7919) + ",";
+  unit.resize(1000);
+  std::string text;
+  while (text.size() < (4u << 20))
+    text += unit;
+  std::string gz = gzip_text(text);
+  REQUIRE(gz.size() < 64 * 1024);
+  fixture f;
+  http::server_options o;
+  o.decompress_request = true;
+  std::size_t largest = 0, pieces = 0;
+  bool same = true;
+  f.start(
+      [&](http::request& req, http::response& resp) {
+        std::size_t at = 0;
+        for (std::string_view piece; !(piece = req.read_body_some()).empty();) {
+          largest = std::max(largest, piece.size());
+          ++pieces;
+          same = same && text.compare(at, piece.size(), piece) == 0;
+          at += piece.size();
+        }
+        resp.send(std::to_string(at));
+      },
+      std::move(o));
+  std::string r = f.peer([&] {
+    raw_client c(f.port);
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: " +
+           std::to_string(gz.size()) + "\r\n\r\n" + gz);
+    return c.response();
+  });
+  CHECK(body_of(r) == std::to_string(text.size()));
+  CHECK(same);
+  CHECK(largest <= 64 * 1024);
+  CHECK(pieces >= text.size() / (64 * 1024));
+}
 #endif
 
 TEST_CASE("slowloris: a head dribbled one byte at a time is cut off by header_timeout") {

@@ -413,6 +413,9 @@ bool is_gzip(std::string_view coding) noexcept {
   return iequals(coding, "gzip") || iequals(coding, "x-gzip");
 }
 
+// The most a gzip body's decoding hands on at once (as a piece to the streaming callback).
+constexpr std::size_t gzip_step = 64 * 1024;
+
 // Where body bytes go: gzip decoding if asked, the max_body_size checks, and then the
 // streaming callback, the response's body, or nowhere (the body of a redirect being followed).
 class body_sink {
@@ -429,12 +432,17 @@ class body_sink {
     received_ += raw.size();
     if (received_ > max_) too_big();
     if (!inflater_) return emit(raw);
-    decoded_buf_.clear();
-    auto r = inflater_->decompress(raw, decoded_buf_, static_cast<std::size_t>(max_));
-    if (r == gzip::inflater::result::bad_data) throw bad_response("squall: http: bad gzip body");
-    if (r == gzip::inflater::result::too_large) too_big();  // a small gzip body can inflate to GBs
-    if (!raw.empty()) gzip_done_ = r == gzip::inflater::result::done;
-    emit(decoded_buf_);
+    // Decoded and passed on a step at a time: a small gzip body can inflate to gigabytes.
+    bool had_input = !raw.empty();
+    do {
+      decoded_buf_.clear();
+      auto r = inflater_->decompress(raw, decoded_buf_, static_cast<std::size_t>(max_), gzip_step);
+      raw = {};
+      if (r == gzip::inflater::result::bad_data) throw bad_response("squall: http: bad gzip body");
+      if (r == gzip::inflater::result::too_large) too_big();
+      if (had_input) gzip_done_ = r == gzip::inflater::result::done;
+      emit(decoded_buf_);
+    } while (inflater_->more());
   }
 
   // The body has ended: a gzip stream must have ended too, or the body was cut short.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "http/gzip.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "squall/config.hpp"
@@ -71,6 +72,8 @@ void deflater::compress(std::string_view in, std::string& out, bool flush, bool 
 struct inflater::impl {
   z_stream z{};
   bool ended = false;
+  bool more = false;  // stopped at max_out: z.next_in/avail_in (in `rest`) and zlib's own output
+  std::string rest;   // the input a call stopped before
 };
 
 inflater::inflater() : p_(std::make_unique<impl>()) {
@@ -85,30 +88,55 @@ inflater::~inflater() {
 void inflater::reset() {
   inflateReset(&p_->z);
   p_->ended = false;
+  p_->more = false;
+  p_->rest.clear();
   total_ = 0;
+}
+
+bool inflater::more() const noexcept {
+  return p_->more;
 }
 
 std::size_t inflater::total_out() const noexcept {
   return total_;
 }
 
-inflater::result inflater::decompress(std::string_view in, std::string& out,
-                                      std::size_t max_total) {
-  z_stream& z = p_->z;
-  if (p_->ended) {
-    // Another gzip member may start in a later piece (RFC 1952 2.2).
-    if (in.empty() || static_cast<unsigned char>(in[0]) != 0x1f) return result::done;
-    inflateReset(&z);
-    p_->ended = false;
+inflater::result inflater::decompress(std::string_view in, std::string& out, std::size_t max_total,
+                                      std::size_t max_out) {
+  impl& p = *p_;
+  z_stream& z = p.z;
+  // Going on where the last call stopped (its input is in p.rest, or it had all gone in),
+  // or starting on new input.
+  bool borrowed = !p.more;  // z.next_in points into the caller's `in`
+  if (p.more) {
+    p.more = false;
+  } else {
+    if (p.ended) {
+      // Another gzip member may start in a later piece (RFC 1952 2.2).
+      if (in.empty() || static_cast<unsigned char>(in[0]) != 0x1f) return result::done;
+      inflateReset(&z);
+      p.ended = false;
+    }
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    z.avail_in = static_cast<uInt>(in.size());
   }
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
+  std::size_t produced_here = 0;
   // Runs while there is input, or while zlib filled the output (it may hold more back).
   for (bool full = true; z.avail_in > 0 || full;) {
+    if (produced_here >= max_out) {
+      // This call's share is out: what is left of the input waits inside for the next one.
+      if (borrowed && z.avail_in > 0) {
+        p.rest.assign(reinterpret_cast<const char*>(z.next_in), z.avail_in);
+        z.next_in = reinterpret_cast<Bytef*>(p.rest.data());
+      }
+      p.more = true;
+      return result::ok;
+    }
     // Room for one step, and one byte past the limit so passing it shows (saturating: a limit
     // of SIZE_MAX must not wrap to zero room).
     std::size_t left = max_total - total_;
     std::size_t room = left >= 64 * 1024 ? 64 * 1024 : left + 1;
+    room = std::min(room, max_out - produced_here);
     std::size_t at = out.size();
     out.resize(at + room);
     z.next_out = reinterpret_cast<Bytef*>(out.data() + at);
@@ -117,6 +145,7 @@ inflater::result inflater::decompress(std::string_view in, std::string& out,
     std::size_t produced = room - z.avail_out;
     out.resize(at + produced);
     total_ += produced;
+    produced_here += produced;
     full = z.avail_out == 0;
     if (total_ > max_total) return result::too_large;
     if (rc == Z_STREAM_END) {
@@ -125,7 +154,7 @@ inflater::result inflater::decompress(std::string_view in, std::string& out,
         inflateReset(&z);
         continue;
       }
-      p_->ended = true;
+      p.ended = true;
       return result::done;
     }
     if (rc == Z_BUF_ERROR && !full) break;  // needs more input
@@ -155,7 +184,10 @@ void inflater::reset() {}
 std::size_t inflater::total_out() const noexcept {
   return 0;
 }
-inflater::result inflater::decompress(std::string_view, std::string&, std::size_t) {
+bool inflater::more() const noexcept {
+  return false;
+}
+inflater::result inflater::decompress(std::string_view, std::string&, std::size_t, std::size_t) {
   return result::bad_data;
 }
 

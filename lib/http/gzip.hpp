@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -41,10 +42,16 @@ class inflater {
   inflater& operator=(const inflater&) = delete;
 
   enum class result { ok, done, bad_data, too_large };
-  // Appends the decoded form of `in` to `out`; fails with too_large once the total decoded size
-  // passes `max_total`. Concatenated gzip members are decoded one after the other. `done` when
-  // the stream has ended (bytes after it are ignored).
-  result decompress(std::string_view in, std::string& out, std::size_t max_total);
+  // Appends the decoded form of `in` to `out`, at most `max_out` bytes a call; fails with
+  // too_large once the total decoded size passes `max_total`. Concatenated gzip members are
+  // decoded one after the other. `done` when the stream has ended (bytes after it are ignored).
+  // A call that stops at `max_out` keeps what is left of `in` (a copy: the caller's buffer may
+  // move), and more() says so: the next calls pass an empty `in` until it is false. A few KB of
+  // gzip can decode to gigabytes, and no one piece of it should have to fit in memory.
+  result decompress(std::string_view in, std::string& out, std::size_t max_total,
+                    std::size_t max_out = SIZE_MAX);
+  // The last call stopped at its `max_out` with input left, or output zlib still holds.
+  bool more() const noexcept;
   std::size_t total_out() const noexcept;
   void reset();
 

@@ -142,6 +142,9 @@ const date_cache& current_date() noexcept {
   return d;
 }
 
+// The most one piece of a gzip request body decodes to (body_some's pieces).
+constexpr std::size_t inflate_step = 64 * 1024;
+
 // RFC 9110 5.6.2 token characters, as a table: add_header checks every byte of every name.
 constexpr auto tchar_table = [] {
   std::array<bool, 256> t{};
@@ -732,16 +735,21 @@ std::string_view connection::raw_body_some() {
 std::string_view connection::body_some() {
   if (!inflating) return raw_body_some();
   for (;;) {
-    std::string_view raw = raw_body_some();
-    if (raw.empty()) {
-      if (!inflate_done) throw request_error(400, "gzip body truncated");
-      return {};
-    }
     extras& e = x();
+    // A piece decodes a step at a time (a few KB of gzip can decode to gigabytes): while the
+    // inflater holds more of the last one, it goes on with that before reading on.
+    std::string_view raw;
+    if (!e.inflate->more()) {
+      raw = raw_body_some();
+      if (raw.empty()) {
+        if (!inflate_done) throw request_error(400, "gzip body truncated");
+        return {};
+      }
+    }
     e.inflate_buf.clear();
     auto max = static_cast<std::size_t>(
         std::min<std::uint64_t>(st.opts.limits.max_body_size, SIZE_MAX - 1));
-    switch (e.inflate->decompress(raw, e.inflate_buf, max)) {
+    switch (e.inflate->decompress(raw, e.inflate_buf, max, inflate_step)) {
       case gzip::inflater::result::bad_data:
         throw request_error(400, "bad gzip body");
       case gzip::inflater::result::too_large:
