@@ -408,11 +408,6 @@ void report_head(std::string_view buf, unique_function<void(std::string_view)>& 
   cb("");
 }
 
-bool is_gzip(std::string_view coding) noexcept {
-  coding = trim_ows(coding);
-  return iequals(coding, "gzip") || iequals(coding, "x-gzip");
-}
-
 // The most a gzip body's decoding hands on at once (as a piece to the streaming callback).
 constexpr std::size_t gzip_step = 64 * 1024;
 
@@ -786,13 +781,11 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
   fetch_response r;
   r.code = head.status;
   r.reason = head.reason;
-  bool gunzip = false;
+  bool gunzip = SQUALL_HAVE_ZLIB && req.decompress && gzip::only_gzip(head);
   r.headers.reserve(head.headers.size());
   for (const header_field& f : head.headers) {
     // Tornado's convention: a decoded body no longer carries its Content-Encoding.
-    if (SQUALL_HAVE_ZLIB && req.decompress && iequals(f.name, "Content-Encoding") &&
-        is_gzip(f.value) && !gunzip) {
-      gunzip = true;
+    if (gunzip && iequals(f.name, "Content-Encoding")) {
       r.headers.emplace_back("X-Consumed-Content-Encoding", f.value);
       continue;
     }

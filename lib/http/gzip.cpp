@@ -13,6 +13,26 @@
 
 namespace squall::http::gzip {
 
+bool only_gzip(const message_head& head) noexcept {
+  std::string_view coding;
+  int codings = 0;
+  for (const header_field& f : head.headers) {
+    if (!iequals(f.name, "Content-Encoding")) continue;
+    std::string_view list = f.value;
+    for (;;) {
+      std::size_t comma = list.find(',');
+      std::string_view element = trim_ows(list.substr(0, comma));
+      if (!element.empty()) {  // empty list elements count for nothing (RFC 9110 5.6.1)
+        coding = element;
+        ++codings;
+      }
+      if (comma == std::string_view::npos) break;
+      list.remove_prefix(comma + 1);
+    }
+  }
+  return codings == 1 && (iequals(coding, "gzip") || iequals(coding, "x-gzip"));
+}
+
 bool compressible(std::string_view type) noexcept {
   type = type.substr(0, type.find(';'));
   while (!type.empty() && type.back() == ' ')

@@ -9,6 +9,10 @@
 #include <string>
 #include <string_view>
 
+namespace squall::http {
+struct message_head;
+}
+
 namespace squall::http::gzip {
 
 // zlib was found at build time.
@@ -60,6 +64,11 @@ class inflater {
   std::unique_ptr<impl> p_;
   std::size_t total_ = 0;  // decoded bytes over every member
 };
+
+// Whether the Content-Encoding fields of `head`, taken together, name exactly one coding, gzip
+// (or x-gzip): only such a body is decoded. Anything else ("gzip, br", gzip twice, in one field or
+// in two) is left as it came, so that the fields still say what the body is.
+bool only_gzip(const message_head& head) noexcept;
 
 // Whether a Content-Type is worth compressing (text/*, JSON, JavaScript, XML, SVG, ...).
 bool compressible(std::string_view content_type) noexcept;

@@ -538,8 +538,7 @@ void connection::prepare_request() {
   body_view = {};
   inflating = false;
   if (st.opts.decompress_request && !body_complete && gzip::available()) {
-    std::string_view ce = trim_ows(head.header("Content-Encoding"));
-    if (iequals(ce, "gzip") || iequals(ce, "x-gzip")) {
+    if (gzip::only_gzip(head)) {
       extras& e = x();
       if (!e.inflate) e.inflate.emplace();
       e.inflate->reset();
