@@ -1025,6 +1025,29 @@ TEST_CASE("scripted: a response dribbled one byte at a time (chunked, bare LF he
   });
 }
 
+TEST_CASE("scripted: a redirect to a Location the client cannot fetch is bad_response") {
+  std::string location;
+  auto script = [&](io_stream& s, const squall::address&) {
+    while (!read_request(s).empty()) {
+      s.write("HTTP/1.1 302 Found\r\nLocation: " + location + "\r\nContent-Length: 5\r\n\r\nmoved");
+      s.flush();
+    }
+  };
+  with_server(script, [&](http::client& c, scripted& srv) {
+    for (std::string to : {"ftp://127.0.0.1/x", "http://[bad/", "http://127.0.0.1:99999/"}) {
+      location = to;
+      CHECK(contains(bad_response_of([&] { c.get(srv.url()); }), "cannot follow the redirect"));
+      // Not following it, the 302 is the response.
+      auto req = request(srv.url());
+      req.follow_redirects = false;
+      auto r = c.fetch(std::move(req));
+      CHECK(r.code == 302);
+      CHECK(r.header("Location") == to);
+      CHECK(r.body == "moved");
+    }
+  });
+}
+
 TEST_CASE("scripted: broken responses are bad_response; cut ones error::closed") {
   std::string reply;
   bool close_after = true;

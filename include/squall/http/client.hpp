@@ -12,7 +12,8 @@
 // no response to return. Transport errors are std::system_error: error::timed_out (connect or
 // request timeout), error::closed / error::reset (the server went away), connection refused
 // (std::errc), resolver errors (see resolver.hpp), error::cancelled; a response squall cannot
-// parse, or a redirect loop past max_redirects, is http::bad_response (a std::runtime_error).
+// parse, a redirect loop past max_redirects, or a redirect to follow whose Location is not a URL
+// the client can fetch, is http::bad_response (a std::runtime_error).
 // A request squall will not send (a URL that is not http://, a bad port, a method that is not a
 // token, a CR or LF in a header value) is std::invalid_argument; fetch() outside a fiber of the
 // client's loop is std::logic_error.
