@@ -7,6 +7,7 @@
 // another fiber, so each fiber's `caller` is the loop's context and nesting cannot build up.
 #include "squall/fiber.hpp"
 
+#include <cxxabi.h>
 #include <boost/context/detail/fcontext.hpp>
 
 #include <algorithm>
@@ -45,6 +46,27 @@ thread_local std::size_t t_main_size = 0;
 #if SQUALL_TSAN
 thread_local void* t_main_tsan = nullptr;
 #endif
+
+// --- The C++ runtime's exception state ------------------------------------------------------
+// The runtime keeps, per thread, the stack of exceptions whose catch blocks are running and the
+// count of exceptions in flight (std::uncaught_exceptions()). A fiber that waits inside a catch
+// block, or in a destructor while an exception unwinds its stack, leaves its entries there, and
+// another fiber's catch would then end (and free) the first one's exception: a use after free
+// that any handler writing an error reply from a catch block could set off. So each context
+// keeps its own: resume() swaps the two fields in and out around each switch.
+// Both libstdc++ and libc++abi begin __cxa_eh_globals with these two fields (ARM EHABI adds a
+// third after them, which is only used while an exception propagates, never across a switch).
+struct eh_globals {
+  void* caught;
+  unsigned uncaught;
+};
+
+__attribute__((tls_model("initial-exec"))) thread_local eh_globals* t_eh = nullptr;
+
+eh_globals& thread_eh() noexcept {
+  if (!t_eh) t_eh = reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
+  return *t_eh;
+}
 
 struct switch_note {
 #if SQUALL_ASAN
@@ -171,9 +193,15 @@ void resume(fiber_record* f) {
   if (!t_main_tsan) t_main_tsan = __tsan_get_current_fiber();
   __tsan_switch_to_fiber(f->tsan_fiber, 0);
 #endif
+  eh_globals& eh = thread_eh();
+  eh_globals loop_eh = eh;  // the loop's own: a callback may resume a fiber from a catch block
+  eh = {f->eh_caught, f->eh_uncaught};
   t_current = f;
   ctx::transfer_t t = ctx::jump_fcontext(f->ctx, f);
   t_current = nullptr;
+  f->eh_caught = eh.caught;
+  f->eh_uncaught = eh.uncaught;
+  eh = loop_eh;
 #if SQUALL_ASAN
   __sanitizer_finish_switch_fiber(note.fake, nullptr, nullptr);
 #endif

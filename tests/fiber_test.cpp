@@ -126,6 +126,56 @@ TEST_CASE("an exception in a fiber nobody joins is logged with the fiber's name"
   CHECK(logs.contains("lonely failure"));
 }
 
+TEST_CASE("fibers that wait inside catch blocks each keep their own exception") {
+  // The first fiber's catch ends first, while the second is still inside its own: with one
+  // exception stack for the thread, ending the first catch would end (and free) the second's
+  // exception, and the second's rethrow would find the first's.
+  io_loop loop;
+  auto in_catch = [](std::string name, std::chrono::milliseconds wait) {
+    try {
+      try {
+        throw std::runtime_error(name);
+      } catch (const std::exception& e) {
+        this_fiber::sleep_for(wait);  // another fiber enters and leaves its catch meanwhile
+        CHECK(std::string(e.what()) == name);
+        CHECK(std::uncaught_exceptions() == 0);
+        throw;
+      }
+    } catch (const std::runtime_error& again) {
+      return std::string(again.what());
+    }
+  };
+  auto [first, second] = run_sync(loop, [&] {
+    auto a = spawn([&] { return in_catch("first", 5ms); });
+    this_fiber::sleep_for(1ms);
+    auto b = spawn([&] { return in_catch("second", 20ms); });
+    return std::pair(a.join(), b.join());
+  });
+  CHECK(first == "first");
+  CHECK(second == "second");
+
+  // A fiber that waits in a destructor while an exception unwinds it has one exception in
+  // flight; the fibers that run meanwhile have none.
+  struct waits_on_unwind {
+    ~waits_on_unwind() {
+      CHECK(std::uncaught_exceptions() == 1);
+      this_fiber::sleep_for(10ms);
+      CHECK(std::uncaught_exceptions() == 1);
+    }
+  };
+  int seen_elsewhere = -1;
+  run_sync(loop, [&] {
+    auto unwinding = spawn([] {
+      waits_on_unwind w;
+      throw std::runtime_error("unwinding");
+    });
+    this_fiber::sleep_for(2ms);
+    seen_elsewhere = std::uncaught_exceptions();
+    CHECK_THROWS_WITH(unwinding.join(), "unwinding");
+  });
+  CHECK(seen_elsewhere == 0);
+}
+
 TEST_CASE("sleeping fibers wake in deadline order; yield interleaves fibers") {
   io_loop loop;
   std::vector<int> order;

@@ -714,6 +714,34 @@ TEST_CASE("slowloris: a head dribbled one byte at a time is cut off by header_ti
   CHECK(took < 5s);
 }
 
+TEST_CASE("header_timeout: connections stalled together each get 408; the server goes on") {
+  // Each 408 is sent from the handling of the timeout, and the connection then lingers there
+  // until its client closes; the first to close does so while the second still lingers (under
+  // ASan, a fiber switch that shared the thread's exception state showed here as a use after
+  // free; fiber_test has the same case without the server).
+  fixture f;
+  http::server_options o;
+  o.header_timeout = 300ms;
+  f.start(hello(), std::move(o));
+  auto [first, second, after] = f.peer([&] {
+    auto a = std::make_unique<raw_client>(f.port);
+    auto b = std::make_unique<raw_client>(f.port);
+    a->send("GET / HTTP/1.1\r\n");
+    std::this_thread::sleep_for(50ms);
+    b->send("GET / HTTP/1.1\r\n");
+    int sa = status_of(a->response()), sb = status_of(b->response());
+    a.reset();
+    std::this_thread::sleep_for(100ms);
+    b.reset();
+    raw_client c(f.port);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    return std::tuple(sa, sb, status_of(c.response()));
+  });
+  CHECK(first == 408);
+  CHECK(second == 408);
+  CHECK(after == 200);
+}
+
 TEST_CASE("an idle keep-alive connection is closed after idle_timeout") {
   fixture f;
   http::server_options o;

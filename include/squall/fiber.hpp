@@ -141,6 +141,10 @@ struct alignas(64) fiber_record : line_aligned {
   std::size_t stack_size = 0;  // usable bytes above the guard page
   std::size_t guard_size = 0;
   void* tsan_fiber = nullptr;  // ThreadSanitizer's handle, in TSan builds
+  // The C++ runtime's per-thread exception state while the fiber is suspended (the exceptions
+  // its catch blocks are in, and how many are in flight): see resume() in fiber.cpp.
+  void* eh_caught = nullptr;
+  unsigned eh_uncaught = 0;
   std::exception_ptr error;
   wait_list joiners;
   int refs = 1;  // the scheduler's reference while live, plus one per handle
