@@ -410,6 +410,49 @@ TEST_CASE_FIXTURE(site, "HEAD carries the GET's headers and no body (curl -I)") 
   CHECK(g.header("ETag") == r.header("ETag"));
 }
 
+TEST_CASE_FIXTURE(site,
+                  "with gzip, a 304 carries the ETag and Vary its 200 would (RFC 9110 15.4.5)") {
+  std::string text;
+  for (int i = 0; text.size() < 48 * 1024; ++i)
+    text += "line " + std::to_string(i) + "\n";
+  write_file(root / "long.txt", text);
+  http::server_options o;
+  o.gzip = true;
+  http::server gz(loop, http::static_files({.root = root.string()}), std::move(o));
+  gz.listen(0, "127.0.0.1");
+  std::uint16_t port = gz.addresses().at(0).port();
+  std::string accept = "-H " + quote("Accept-Encoding: gzip");
+  auto inm = [&](const std::string& v) { return " -H " + quote("If-None-Match: " + v); };
+
+  // Compressible: the 200 is gzipped under a weak tag, with Vary; so is the 304.
+  reply first = curl(port, "/long.txt", accept);
+  INFO(first.raw);
+  REQUIRE(first.status == 200);
+  CHECK(first.header("Content-Encoding") == "gzip");
+  std::string etag = first.header("ETag");
+  CHECK(etag.starts_with("W/\""));
+  reply r = curl(port, "/long.txt", accept + inm(etag));
+  INFO(r.raw);
+  CHECK(r.status == 304);
+  CHECK(r.header("ETag") == etag);
+  CHECK(r.header("Vary") == "Accept-Encoding");
+  CHECK_FALSE(r.has("Content-Type"));
+  CHECK_FALSE(r.has("Content-Encoding"));
+  // Asked without gzip, the 200 would be plain: a strong tag and no Vary, on the 304 as well.
+  r = curl(port, "/long.txt", inm(etag));
+  CHECK(r.status == 304);
+  CHECK(r.header("ETag") == etag.substr(2));
+  CHECK_FALSE(r.has("Vary"));
+  // Not compressible: never gzipped, so the 304 keeps the strong tag.
+  reply bin = curl(port, "/big.bin", accept);
+  REQUIRE(bin.status == 200);
+  CHECK_FALSE(bin.has("Content-Encoding"));
+  r = curl(port, "/big.bin", accept + inm(bin.header("ETag")));
+  CHECK(r.status == 304);
+  CHECK(r.header("ETag") == bin.header("ETag"));
+  CHECK_FALSE(r.has("Vary"));
+}
+
 TEST_CASE_FIXTURE(site, "ETag and If-None-Match") {
   reply first = curl(whole_port, "/hello.txt");
   REQUIRE(first.status == 200);

@@ -401,10 +401,12 @@ struct alignas(64) connection {
   void write(std::string_view data);
   void start_streaming();
   void mark_gzipped();
+  void not_modified_fields();
   void write_raw_body(std::string_view data);
   void finish();
   void flush();
   bool want_gzip(std::uint64_t size_hint) const;
+  bool would_gzip(std::uint64_t size_hint) const;
   bool keep_alive() const;
 };
 
@@ -822,9 +824,13 @@ void connection::reset_response() {
 }
 
 bool connection::want_gzip(std::uint64_t size) const {
+  return status != 304 && would_gzip(size);
+}
+
+// want_gzip() for a 304 asks this of the 200 it stands for: see not_modified_fields().
+bool connection::would_gzip(std::uint64_t size) const {
   // Not for bodiless statuses, nor a 206: its Content-Range counts bytes of the plain body.
-  if (!st.opts.gzip || !gzip::available() || status == 204 || status == 304 || status == 206 ||
-      status < 200)
+  if (!st.opts.gzip || !gzip::available() || status == 204 || status == 206 || status < 200)
     return false;
   if (size < st.opts.gzip_min_length) return false;
   if (!head.has_token("Accept-Encoding", "gzip")) return false;
@@ -845,6 +851,7 @@ bool connection::want_gzip(std::uint64_t size) const {
 
 void connection::write_head(std::string_view framing, std::string_view body) {
   started = true;
+  if (status == 304) not_modified_fields();
   if (!close_after && !body_complete) {
     // A body we will not read: with 100-continue unsent the client may never send it, and a
     // large one is not worth reading; either way this is the last response on the connection.
@@ -977,10 +984,8 @@ void connection::start_streaming() {
   }
 }
 
-// The fields of a gzipped response: its encoding, Vary, and a weakened ETag (the compressed
-// bytes differ from the ones a strong tag names; nginx does the same).
-void connection::mark_gzipped() {
-  fields += "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n";
+// Turns the first ETag field among `fields` into a weak one (W/"...").
+static void weaken_etag(std::string& fields) {
   for (std::size_t pos = 0; pos < fields.size();) {
     std::size_t eol = fields.find("\r\n", pos);
     std::size_t colon = fields.find(':', pos);
@@ -990,6 +995,32 @@ void connection::mark_gzipped() {
       break;
     }
     pos = eol + 2;
+  }
+}
+
+// The fields of a gzipped response: its encoding, Vary, and a weakened ETag (the compressed
+// bytes differ from the ones a strong tag names; nginx does the same).
+void connection::mark_gzipped() {
+  fields += "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n";
+  weaken_etag(fields);
+}
+
+// A 304 carries the ETag and Vary the 200 would have (RFC 9110 15.4.5): a cache holding the
+// gzipped 200 under W/"..." must recognise the 304 as its update (RFC 9111 4.3.4). Whether the
+// 200 would be gzipped is asked of the handler's fields (Content-Type, the length it set). The
+// Content-Type itself describes a body that is not sent, and goes (as Tornado does).
+void connection::not_modified_fields() {
+  if (would_gzip(content_length.value_or(st.opts.gzip_min_length))) {
+    fields += "Vary: Accept-Encoding\r\n";
+    weaken_etag(fields);
+  }
+  for (std::size_t pos = 0; pos < fields.size();) {
+    std::size_t eol = fields.find("\r\n", pos);
+    std::size_t colon = fields.find(':', pos);
+    if (colon < eol && iequals(std::string_view(fields).substr(pos, colon - pos), "Content-Type"))
+      fields.erase(pos, eol + 2 - pos);
+    else
+      pos = eol + 2;
   }
 }
 

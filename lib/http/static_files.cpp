@@ -554,6 +554,17 @@ void static_handler::operator()(request& req, response& resp) const {
     resp.set_header("Cache-Control", "max-age=" + std::to_string(secs));
   }
 
+  std::string_view type = content_type_for(resolved);
+  for (const auto& [ext, t] : o.content_types)
+    if (iequals(ext, extension_of(resolved))) {
+      type = t;
+      break;
+    }
+  // Set before a 304 too: the server gives a 304 the Vary and ETag a 200 would have had, which
+  // depend on whether it would have been gzipped (RFC 9110 15.4.5), and drops the type itself.
+  resp.set_header("Content-Type", type);
+  resp.set_content_length(size);
+
   // Conditional requests: If-None-Match first; If-Modified-Since only without it.
   bool has_inm = false, not_modified = false;
   for (const header_field& f : req.head().headers) {
@@ -603,13 +614,6 @@ void static_handler::operator()(request& req, response& resp) const {
     }
   }
 
-  std::string_view type = content_type_for(resolved);
-  for (const auto& [ext, t] : o.content_types)
-    if (iequals(ext, extension_of(resolved))) {
-      type = t;
-      break;
-    }
-  resp.set_header("Content-Type", type);
   resp.set_content_length(length);
   if (head || length == 0) {
     // An empty write sends the head with our Content-Length (HEAD: the GET's length).
