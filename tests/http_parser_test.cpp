@@ -984,6 +984,8 @@ TEST_CASE("malformed responses are refused") {
       // A response's length is the reader's to bound (a HEAD response's body never comes).
       {"HTTP/1.1 200 OK\r\nContent-Length: 104857601\r\n\r\n", 0},
       {"HTTP/1.1 200 OK\r\n\r\n", 0},  // no Host needed in a response
+      // ... and one that comes is not a request's Host: neither checked nor counted.
+      {"HTTP/1.1 200 OK\r\nHost: a b:c:d\r\nHost: e\r\n\r\n", 0},
   };
   for (const rejection& t : table) {
     CAPTURE(t.text);

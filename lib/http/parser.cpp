@@ -264,6 +264,7 @@ class head_reader {
       : p_(begin), end_(end), limits_(limits), out_(out), err_(err) {}
 
   bool request() {
+    request_ = true;
     const char* line = p_;
     return method() && target() && version() && start_line_end(line) && fields() &&
            request_semantics();
@@ -418,7 +419,7 @@ class head_reader {
   bool note(std::string_view name, std::string_view value) {
     switch (name.size()) {
       case 4:
-        if (is_name(name, "host")) return host(value);
+        if (request_ && is_name(name, "host")) return host(value);  // a response's means nothing
         break;
       case 6:
         if (is_name(name, "expect")) facts_.expect_continue |= list_has(value, "100-continue");
@@ -445,8 +446,38 @@ class head_reader {
   // version (a proxy and a server picking different ones route the request differently).
   bool host(std::string_view value) {
     if (++facts_.hosts > 1) return fail(400, "more than one Host");
-    if (!all_of_class(value, hostc)) return fail(400, "invalid Host");
+    if (!all_of_class(value, hostc) || !host_and_port(value)) return fail(400, "invalid Host");
     return true;
+  }
+
+  // uri-host [":" port] (RFC 3986 3.2.2-3.2.3), its bytes already known to be host characters:
+  // an IP literal in brackets (IPv6, or IPvFuture "v..."), or a reg-name / IPv4 address with no
+  // colon or bracket in it and every "%" starting a %XX escape; then a port of digits only
+  // (maybe none: "host:" is valid). Empty is valid too (a target without an authority).
+  static bool host_and_port(std::string_view v) {
+    std::size_t end;  // where the host ends
+    if (!v.empty() && v.front() == '[') {
+      end = v.find(']');
+      if (end == std::string_view::npos || end == 1) return false;
+      std::string_view lit = v.substr(1, end - 1);
+      bool future = lit.front() == 'v' || lit.front() == 'V';
+      for (char c : lit) {
+        if (c == '[') return false;
+        if (!future && !is(c, hexdig) && c != ':' && c != '.') return false;
+      }
+      ++end;
+    } else {
+      end = std::min(v.find(':'), v.size());
+      for (std::size_t i = 0; i < end; ++i) {
+        if (v[i] == '[' || v[i] == ']') return false;
+        if (v[i] == '%' && (i + 2 >= end || !is(v[i + 1], hexdig) || !is(v[i + 2], hexdig)))
+          return false;
+      }
+    }
+    if (end == v.size()) return true;
+    if (v[end] != ':') return false;
+    return std::all_of(v.begin() + static_cast<std::ptrdiff_t>(end) + 1, v.end(),
+                       [](char c) { return c >= '0' && c <= '9'; });
   }
 
   void connection(std::string_view value) {
@@ -551,6 +582,7 @@ class head_reader {
   message_head& out_;
   parse_error& err_;
   field_facts facts_;
+  bool request_ = false;
 };
 
 }  // namespace
