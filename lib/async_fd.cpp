@@ -215,6 +215,16 @@ std::size_t readiness_op(fd_state& st, slot_ptr slot, const char* what, time_poi
 
 // --- Completion backend (io_uring) ----------------------------------------------------------
 
+// An operation the fiber's cancel could not stop (it completed first) still reports its result,
+// but the cancel must not be used up by it: the fiber's next wait ends with it, as it would have
+// on a readiness backend, where the cancel ends the wait before the operation is tried. (A
+// sender cancelled between two sends of a large write would otherwise send on until its
+// deadline.)
+void keep_cancel(std::error_code reason) noexcept {
+  if (reason != error::cancelled) return;  // a deadline that passed stays passed
+  if (detail::fiber_record* f = detail::current_fiber()) detail::cancel(f);
+}
+
 struct ring_op final : detail::io_completion, waiter {
   detail::backend* be = nullptr;
   int res = 0;
@@ -283,7 +293,10 @@ int ring_run(fd_state& st, slot_ptr slot, const char* what, time_point deadline,
   }
   after(op);
   // A result that arrived despite a cancel (it finished first) is kept: the data is real.
-  if (op.res >= 0) return op.res;
+  if (op.res >= 0) {
+    if (op.abandoning) keep_cancel(op.abandon_reason);
+    return op.res;
+  }
   if (ec) fail(ec, what);
   fail_errno(-op.res, what);
 }
@@ -889,6 +902,7 @@ std::size_t async_fd::write_all_read_some(const iovec* iov, int iovcnt, read_tar
     // the received bytes are returned only if everything was sent.
     if (d.recv.res > 0 && (d.sent_all || send_error)) {
       if (!d.sent_all) *send_error = failed;
+      keep_cancel(failed);
       return static_cast<std::size_t>(d.recv.res);
     }
     fail(failed, what);

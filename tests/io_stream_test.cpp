@@ -263,6 +263,42 @@ TEST_CASE("a send stuck on a peer that half-closed and stopped reading times out
   });
 }
 
+TEST_CASE("a cancel that comes before a large write's first send ends the write") {
+  // The cancel is asked while the writer is runnable, so it reaches the writer's first wait: a
+  // send the kernel may complete in part anyway (the cancel must then go on to the next send),
+  // or, with the peer's side shut, hold between its first try and its worker, where a cancel
+  // finds nothing yet (io_uring: the cancel is tried again until it takes).
+  for (bool peer_shut : {false, true}) {
+    CAPTURE(peer_shut);
+    io_loop loop;
+    squall::event stop;
+    squall::tcp_server server(loop, [&](io_stream& s, const squall::address&) {
+      if (peer_shut) s.shutdown_write();
+      stop.wait();  // never a read
+    });
+    server.listen(0, "127.0.0.1");
+    run_sync(loop, [&] {
+      io_stream c = squall::tcp_connect(server.addresses().at(0));
+      if (peer_shut) CHECK(c.read_some().empty());
+      std::string big(32 << 20, 'b');
+      squall::event go;
+      std::error_code ended;
+      auto writer = spawn([&] {
+        go.wait();
+        ended = code_of([&] { c.write(big, io_loop::now() + 20s); });
+      });
+      this_fiber::sleep_for(50ms);
+      auto t0 = io_loop::now();
+      go.set();  // runnable now; the cancel waits for its next wait
+      writer.cancel();
+      writer.join();
+      CHECK(ended == squall::error::cancelled);
+      CHECK(io_loop::now() - t0 < 5s);
+      stop.set();
+    });
+  }
+}
+
 TEST_CASE("deadlines and the idle timeout end reads with timed_out") {
   io_loop loop;
   squall::io_stream_options idle;

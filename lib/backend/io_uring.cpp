@@ -58,6 +58,12 @@ constexpr unsigned cqe_f_buf_more = 1u << 4;  // IORING_CQE_F_BUF_MORE
 // ignored.
 constexpr std::uint64_t tag_mask = std::uint64_t{3} << 62;
 constexpr std::uint64_t poll_tag = std::uint64_t{1} << 62;
+// 110 + the operation's pointer: a cancel's own completion; 111 + pointer: the timer after which
+// a cancel that found nothing to cancel yet is tried again (see cancelling_). Neither is ever
+// all ones (a pointer's bits 48-60 are zero).
+constexpr std::uint64_t cancel_tag = std::uint64_t{6} << 61;
+constexpr std::uint64_t recancel_tag = std::uint64_t{7} << 61;
+constexpr std::uint64_t subtag_mask = std::uint64_t{7} << 61;
 constexpr std::uint64_t gen_mask = (std::uint64_t{1} << 30) - 1;
 
 std::uint64_t poll_data(int fd, std::uint32_t gen) {
@@ -287,7 +293,14 @@ class io_uring_backend final : public backend {
     io_uring_sqe* sqe = get_sqe();
     if (!sqe) return -EBUSY;
     io_uring_prep_cancel(sqe, op, 0);
-    io_uring_sqe_set_data64(sqe, 0);  // the cancel's own completion is not interesting
+    io_uring_sqe_set_data64(sqe, cancel_tag | reinterpret_cast<std::uintptr_t>(op));
+    if (std::find(cancelling_.begin(), cancelling_.end(), op) == cancelling_.end()) {
+      try {
+        cancelling_.push_back(op);
+      } catch (...) {
+        // Out of memory: this cancel is tried once, as before there were retries.
+      }
+    }
     return 0;
   }
 
@@ -306,6 +319,30 @@ class io_uring_backend final : public backend {
   }
 
  private:
+  // Operations asked to cancel whose own completion has not come yet. A cancel can miss its
+  // operation: -ENOENT when the kernel holds it between its inline attempt and its poll or
+  // worker (a send to a peer that shut down its side is retried that way), -EALREADY when it
+  // runs in a worker, which is signalled and usually ends with EINTR. The wait stays abandoned
+  // meanwhile, and a deadline cannot cancel it again, so the backend does: a millisecond later,
+  // for as long as the operation is in this list. (A few entries at most: only waits being
+  // cancelled are here.)
+  std::vector<io_completion*> cancelling_;
+
+  void cancel_completed(std::uint64_t ud, int res) noexcept {
+    auto* op = reinterpret_cast<io_completion*>(static_cast<std::uintptr_t>(ud & ~subtag_mask));
+    if (std::find(cancelling_.begin(), cancelling_.end(), op) == cancelling_.end()) return;
+    if ((ud & subtag_mask) == recancel_tag) {
+      (void)submit_cancel(op);
+      return;
+    }
+    if (res != -ENOENT && res != -EALREADY) return;  // cancelled (its completion follows)
+    static const __kernel_timespec backoff{0, 1000 * 1000};
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) return;
+    io_uring_prep_timeout(sqe, const_cast<__kernel_timespec*>(&backoff), 0, 0);
+    io_uring_sqe_set_data64(sqe, recancel_tag | reinterpret_cast<std::uintptr_t>(op));
+  }
+
   // The buffers the kernel picks receive buffers from (IORING_REGISTER_PBUF_RING), consumed
   // a piece at a time (IOU_PBUF_RING_INC): each receive takes only the bytes it got from the
   // buffer at the ring's head, and the next one goes on right after them. A batch of small
@@ -606,6 +643,10 @@ class io_uring_backend final : public backend {
         // A fiber I/O operation: user_data is its io_completion.
         ready_event ev;
         ev.io = reinterpret_cast<io_completion*>(static_cast<std::uintptr_t>(ud));
+        if (!cancelling_.empty() && !(cqe->flags & IORING_CQE_F_MORE)) {
+          auto it = std::find(cancelling_.begin(), cancelling_.end(), ev.io);
+          if (it != cancelling_.end()) cancelling_.erase(it);
+        }
         ev.res = cqe->res;
         ev.flags = cqe->flags;
         // A provided receive: where its bytes are in its buffer (see provided_region).
@@ -613,6 +654,10 @@ class io_uring_backend final : public backend {
           ev.events =
               provided_.consume(cqe->flags >> IORING_CQE_BUFFER_SHIFT, cqe->res, cqe->flags);
         out[n++] = ev;
+        continue;
+      }
+      if ((ud & subtag_mask) == cancel_tag || (ud & subtag_mask) == recancel_tag) {
+        if (ud != LIBURING_UDATA_TIMEOUT) cancel_completed(ud, cqe->res);
         continue;
       }
       if ((ud & tag_mask) == file_tag) {
