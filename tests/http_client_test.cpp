@@ -31,6 +31,7 @@
 #include "squall/config.hpp"
 #include "squall/error.hpp"
 #include "squall/fiber.hpp"
+#include "squall/locks.hpp"
 #include "squall/resolver.hpp"
 #include "squall/tcp_server.hpp"
 #include "test_util.hpp"
@@ -912,6 +913,15 @@ struct scripted {
   }
 };
 
+// Reads one request head from `s`, and nothing of its body; empty at end of stream.
+std::string read_request_head(io_stream& s) {
+  try {
+    return std::string(s.read_until("\r\n\r\n", 65536));
+  } catch (const std::system_error&) {
+    return {};
+  }
+}
+
 // Reads one request head (and a Content-Length body) from `s`; empty at end of stream.
 std::string read_request(io_stream& s) {
   std::string head;
@@ -1022,6 +1032,75 @@ TEST_CASE("scripted: a response dribbled one byte at a time (chunked, bare LF he
     CHECK(r.header("X-Y") == "z");
     CHECK(c.idle_connections() == 1);
     CHECK(c.get(srv.url()).body == "hello world");
+  });
+}
+
+TEST_CASE("scripted: a response that comes while the body is still going out") {
+  // RFC 9112 9.5: a server may answer before it reads the body, and then never read it. The
+  // body is larger than the socket buffers can take, so sending it all first would wait until
+  // the request timeout.
+  std::string big(32 << 20, 'b');
+  squall::event release;
+  bool half_close = false;
+  auto refuse = [&](io_stream& s, const squall::address&) {
+    s.read_until("\r\n\r\n", 65536);  // the head only
+    s.write(
+        "HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 9\r\n\r\n"
+        "too large");
+    s.flush();
+    if (half_close) s.shutdown_write();
+    release.wait();  // and never a read of the body
+  };
+  with_server(refuse, [&](http::client& c, scripted& srv) {
+    for (bool hc : {false, true}) {
+      half_close = hc;
+      CAPTURE(hc);
+      auto req = request(srv.url(), "POST", big);
+      req.request_timeout = 20s;
+      auto t0 = io_loop::now();
+      auto r = c.fetch(std::move(req));
+      CHECK(r.code == 413);
+      CHECK(r.body == "too large");
+      CHECK(io_loop::now() - t0 < 10s);
+      CHECK(c.idle_connections() == 0);
+    }
+    release.set();
+  });
+
+  // An echo answers 200 at once and sends the body back as it reads it: the body keeps going
+  // out while the response comes in (sent first, it would wait on the unread echo).
+  std::string echo_body(8 << 20, 'e');
+  for (std::size_t i = 0; i < echo_body.size(); i += 4096)
+    echo_body[i] = static_cast<char>('a' + (i / 4096) % 26);
+  auto echo = [&](io_stream& s, const squall::address&) {
+    for (;;) {
+      std::string head = read_request_head(s);
+      if (head.empty()) return;
+      std::size_t n = std::stoul(head.substr(head.find("Content-Length: ") + 16));
+      s.write("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(n) + "\r\n\r\n");
+      s.flush();
+      while (n > 0) {
+        std::string_view in = s.peek();
+        if (in.empty()) {
+          if (!s.read_more()) return;
+          continue;
+        }
+        std::string_view piece = in.substr(0, n);
+        s.write(piece);
+        s.flush();
+        s.consume(piece.size());
+        n -= piece.size();
+      }
+    }
+  };
+  with_server(echo, [&](http::client& c, scripted& srv) {
+    auto req = request(srv.url(), "POST", echo_body);
+    req.request_timeout = 20s;
+    auto r = c.fetch(std::move(req));
+    CHECK(r.code == 200);
+    CHECK(r.body == echo_body);
+    CHECK(c.idle_connections() == 1);  // the whole body went: the connection is in step
+    CHECK(c.fetch(request(srv.url(), "POST", "small")).body == "small");
   });
 }
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -343,6 +344,85 @@ void send_body(io_stream& s, fetch_request& req, time_point deadline) {
     s.write(std::span<const std::string_view>(parts), deadline);
   }
 }
+
+// Sends the request body while the fetching fiber reads the response (RFC 9112 9.5: a client
+// sending a body SHOULD watch for a response meanwhile). A server that refuses a body (413,
+// 401, a redirect) may answer before it reads any of it and then never read it; a client that
+// had to finish sending first would wait on a full socket buffer until its deadline, and never
+// see the answer. A body that fits under the stream's write buffer goes inline, as before; a
+// larger one, or a body_producer's, from a fiber of its own.
+class body_sender {
+ public:
+  // The most sent inline: the stream buffers it, and the read that follows sends it.
+  static constexpr std::size_t inline_max = 64 * 1024;
+
+  body_sender() = default;
+  body_sender(const body_sender&) = delete;
+  body_sender& operator=(const body_sender&) = delete;
+  ~body_sender() { stop(true); }
+
+  void start(io_stream& s, fetch_request& req, time_point deadline) {
+    if (!req.body_producer && req.body.size() <= inline_max) {
+      send_body(s, req, deadline);
+      sent_ = true;
+      return;
+    }
+    // The flag is shared: at loop shutdown this frame may go before the fiber is unwound.
+    auto sent = std::make_shared<bool>(false);
+    sent_flag_ = sent;
+    fiber_ = spawn(this_fiber::loop(),
+                   [sent, &s, &req, deadline] {
+                     try {
+                       send_body(s, req, deadline);
+                       s.flush(deadline);
+                       *sent = true;
+                     } catch (const std::system_error&) {
+                       // The fetching fiber hears of a dead connection from its own read; a cancel
+                       // is ours.
+                     }
+                   },
+                   {.name = "http-body"});
+  }
+
+  // The whole body has gone out.
+  bool sent() const noexcept { return sent_ || (sent_flag_ && *sent_flag_); }
+  bool running() const noexcept { return fiber_.valid() && !fiber_.done(); }
+
+  // A final response came while the body was still going out. Below 300 the server may be
+  // reading it as it answers (an echo): it goes on, and is waited for. From 300 on the server
+  // does not want it: it stops, and the connection (out of step now) is not reused.
+  void on_response(int status) {
+    if (!running()) return;
+    if (status >= 300) stop();
+  }
+
+  // Cancels the sending fiber, if it still runs, and waits for it. Not while the loop shuts
+  // down: the fiber is unwound too, and from the destructor (`unwinding`) this frame goes first.
+  void stop(bool unwinding = false) {
+    if (!fiber_.valid()) return;
+    fiber_.cancel();
+    for (;;) {
+      try {
+        fiber_.join();
+        break;
+      } catch (const std::system_error& e) {
+        if (e.code() == error::cancelled && !fiber_.done()) continue;  // our own wait was cut
+        break;
+      } catch (const fiber_unwind&) {
+        if (!unwinding) throw;
+        break;
+      } catch (...) {
+        break;
+      }
+    }
+    fiber_ = {};
+  }
+
+ private:
+  fiber<void> fiber_;
+  std::shared_ptr<bool> sent_flag_;  // the fiber's
+  bool sent_ = false;                // inline
+};
 
 // --- The response ----------------------------------------------------------------------------
 
@@ -741,36 +821,38 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
   head_parser parser(req.limits);
   message_head head;
   std::string buf;
-  bool body_sent = !expect;
+  body_sender body;
+  bool body_started = !expect;
   try {
     s.write(request_head(req, u), deadline);
     if (expect) {
       s.flush(deadline);
     } else {
-      send_body(s, req, deadline);
+      body.start(s, req, deadline);
     }
     for (;;) {
       // With Expect: 100-continue, wait a second for the 100 and then send anyway (curl does
       // the same: servers that ignore Expect are common).
       time_point wait =
-          body_sent ? deadline : std::min(deadline, io_loop::now() + std::chrono::seconds(1));
+          body_started ? deadline : std::min(deadline, io_loop::now() + std::chrono::seconds(1));
       try {
         read_head(s, parser, head, buf, wait, got_bytes);
       } catch (const std::system_error& e) {
-        if (body_sent || e.code() != error::timed_out || io_loop::now() >= deadline) throw;
-        send_body(s, req, deadline);
-        body_sent = true;
+        if (body_started || e.code() != error::timed_out || io_loop::now() >= deadline) throw;
+        body.start(s, req, deadline);
+        body_started = true;
         continue;
       }
       if (head.status >= 200 || head.status == 101) break;
       report_head(buf, req.header_callback);  // an interim response: 100 Continue, 103...
       buf.clear();
       parser.reset();
-      if (!body_sent && head.status == 100) {
-        send_body(s, req, deadline);
-        body_sent = true;
+      if (!body_started && head.status == 100) {
+        body.start(s, req, deadline);
+        body_started = true;
       }
     }
+    body.on_response(head.status);
   } catch (const std::system_error& e) {
     bool stale = e.code() == error::closed || e.code() == error::reset;
     if (reused && stale && !got_bytes && idempotent(req.method) && !req.body_producer)
@@ -804,7 +886,7 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
   if (const std::string* v = find_header(req.headers, "Connection"))
     user_close = has_token(*v, "close");
   // Set only once the body has been read: an exception on the way leaves the connection out.
-  bool keep = head.keep_alive && body_sent && !user_close && head.status != 101;
+  bool keep = head.keep_alive && !user_close && head.status != 101;
   if (discard && head.framing == body_framing::until_close) return r;  // not worth reading
   if (!discard && !req.streaming_callback && head.framing == body_framing::content_length &&
       head.content_length <= req.limits.max_body_size)
@@ -825,6 +907,10 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
       break;
   }
   sink.finish();
+  // The response is whole: what is left of the body is not wanted any more. Only a connection
+  // that carried the whole body is in step for the next request.
+  body.stop();
+  if (!body.sent()) keep = false;
   // Bytes already buffered past the end of this response (a server that sent more than it
   // framed, e.g. after a 204) would be read as the next caller's response.
   if (s.buffered() > 0) keep = false;
