@@ -37,6 +37,7 @@ enum : std::uint8_t {
   hostc = 1 << 3,   // a Host value: RFC 3986 host (reg-name, IP literal) and port
   qdtext = 1 << 4,  // inside a quoted-string, apart from backslash escapes
   hexdig = 1 << 5,
+  regc = 1 << 6,  // a Host's reg-name or IPv4 address: unreserved and sub-delims (no '%', ':')
 };
 
 constexpr bool one_of(const char* set, int c) {
@@ -58,6 +59,7 @@ constexpr std::array<std::uint8_t, 256> make_char_classes() {
     if (visible) k |= vchar;
     if (visible || obs_text || c == ' ' || c == '\t') k |= fvalue;
     if (digit || alpha || one_of("-._~%!$&'()*+,;=:[]", c)) k |= hostc;
+    if (digit || alpha || one_of("-._~!$&'()*+,;=", c)) k |= regc;
     if (((visible || obs_text) && c != '"' && c != '\\') || c == ' ' || c == '\t') k |= qdtext;
     if (digit || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= hexdig;
     table[c] = k;
@@ -446,38 +448,41 @@ class head_reader {
   // version (a proxy and a server picking different ones route the request differently).
   bool host(std::string_view value) {
     if (++facts_.hosts > 1) return fail(400, "more than one Host");
-    if (!all_of_class(value, hostc) || !host_and_port(value)) return fail(400, "invalid Host");
+    if (!host_and_port(value)) return fail(400, "invalid Host");
     return true;
   }
 
-  // uri-host [":" port] (RFC 3986 3.2.2-3.2.3), its bytes already known to be host characters:
-  // an IP literal in brackets (IPv6, or IPvFuture "v..."), or a reg-name / IPv4 address with no
-  // colon or bracket in it and every "%" starting a %XX escape; then a port of digits only
-  // (maybe none: "host:" is valid). Empty is valid too (a target without an authority).
+  // uri-host [":" port] (RFC 3986 3.2.2-3.2.3), in one pass: an IP literal in brackets (IPv6,
+  // or IPvFuture "v..."), or a reg-name / IPv4 address of unreserved and sub-delims bytes and
+  // %XX escapes; then a port of digits only (maybe none: "host:" is valid). Empty is valid too
+  // (a target without an authority).
   static bool host_and_port(std::string_view v) {
-    std::size_t end;  // where the host ends
-    if (!v.empty() && v.front() == '[') {
-      end = v.find(']');
-      if (end == std::string_view::npos || end == 1) return false;
-      std::string_view lit = v.substr(1, end - 1);
-      bool future = lit.front() == 'v' || lit.front() == 'V';
-      for (char c : lit) {
-        if (c == '[') return false;
-        if (!future && !is(c, hexdig) && c != ':' && c != '.') return false;
+    const char* p = v.data();
+    const char* end = p + v.size();
+    if (p < end && *p == '[') {
+      const char* lit = ++p;
+      bool future = p < end && (*p == 'v' || *p == 'V');
+      while (p < end && *p != ']') {
+        bool ok = future ? is(*p, hostc) && *p != '[' : is(*p, hexdig) || *p == ':' || *p == '.';
+        if (!ok) return false;
+        ++p;
       }
-      ++end;
+      if (p == end || p == lit) return false;
+      ++p;
     } else {
-      end = std::min(v.find(':'), v.size());
-      for (std::size_t i = 0; i < end; ++i) {
-        if (v[i] == '[' || v[i] == ']') return false;
-        if (v[i] == '%' && (i + 2 >= end || !is(v[i + 1], hexdig) || !is(v[i + 2], hexdig)))
-          return false;
+      for (;;) {
+        while (p < end && is(*p, regc))
+          ++p;
+        if (p == end || *p != '%') break;
+        if (end - p < 3 || !is(p[1], hexdig) || !is(p[2], hexdig)) return false;
+        p += 3;
       }
     }
-    if (end == v.size()) return true;
-    if (v[end] != ':') return false;
-    return std::all_of(v.begin() + static_cast<std::ptrdiff_t>(end) + 1, v.end(),
-                       [](char c) { return c >= '0' && c <= '9'; });
+    if (p == end) return true;
+    if (*p++ != ':') return false;
+    while (p < end && static_cast<unsigned>(*p - '0') <= 9)
+      ++p;
+    return p == end;
   }
 
   void connection(std::string_view value) {
