@@ -391,6 +391,7 @@ void io_loop::run_ready_events(int n) {
     warm_ahead(i + 2 < n ? ready[i + 2].io : nullptr, i + 1 < n ? ready[i + 1].io : nullptr, false);
     if (ev.io) {
       // Fiber I/O: readiness of a registered socket, or a finished io_uring operation.
+      if (backend_->cancels_pending()) backend_->dispatched(ev.io, ev.flags);
       ev.io->complete(ev.io, ev.events, ev.res, ev.flags);
       continue;
     }

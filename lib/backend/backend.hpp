@@ -154,6 +154,16 @@ class backend {
   // it finished first).
   virtual int submit_cancel(io_completion* op) noexcept;
 
+  // Cancels the backend may still have to try again (io_uring: see cancelling_ there). The loop
+  // calls dispatched() for each completion it hands to its operation while any are pending: an
+  // operation is done with at dispatch, not when its completion is harvested, since a cancel
+  // can be asked for in between (by a fiber an earlier completion of the batch resumed).
+  bool cancels_pending() const noexcept { return cancels_pending_ != 0; }
+  virtual void dispatched(io_completion* op, unsigned flags) noexcept { (void)op, (void)flags; }
+
+ protected:
+  std::size_t cancels_pending_ = 0;
+
  private:
   virtual void register_file(int fd) noexcept { (void)fd; }
   virtual void unregister_file(int fd) noexcept { (void)fd; }

@@ -297,11 +297,20 @@ class io_uring_backend final : public backend {
     if (std::find(cancelling_.begin(), cancelling_.end(), op) == cancelling_.end()) {
       try {
         cancelling_.push_back(op);
+        cancels_pending_ = cancelling_.size();
       } catch (...) {
         // Out of memory: this cancel is tried once, as before there were retries.
       }
     }
     return 0;
+  }
+
+  void dispatched(io_completion* op, unsigned flags) noexcept override {
+    if (flags & IORING_CQE_F_MORE) return;  // more completions to come: not done yet
+    auto it = std::find(cancelling_.begin(), cancelling_.end(), op);
+    if (it == cancelling_.end()) return;
+    cancelling_.erase(it);
+    cancels_pending_ = cancelling_.size();
   }
 
   int pollable_fd() noexcept override {
@@ -319,13 +328,13 @@ class io_uring_backend final : public backend {
   }
 
  private:
-  // Operations asked to cancel whose own completion has not come yet. A cancel can miss its
-  // operation: -ENOENT when the kernel holds it between its inline attempt and its poll or
-  // worker (a send to a peer that shut down its side is retried that way), -EALREADY when it
-  // runs in a worker, which is signalled and usually ends with EINTR. The wait stays abandoned
-  // meanwhile, and a deadline cannot cancel it again, so the backend does: a millisecond later,
-  // for as long as the operation is in this list. (A few entries at most: only waits being
-  // cancelled are here.)
+  // Operations asked to cancel whose own completion has not been dispatched yet (the loop calls
+  // dispatched(): see backend.hpp). A cancel can miss its operation: -ENOENT when the kernel
+  // holds it between its inline attempt and its poll or worker (a send to a peer that shut down
+  // its side is retried that way), -EALREADY when it runs in a worker, which is signalled and
+  // usually ends with EINTR. The wait stays abandoned meanwhile, and a deadline cannot cancel it
+  // again, so the backend does: a millisecond later, for as long as the operation is in this
+  // list. (A few entries at most: only waits being cancelled are here.)
   std::vector<io_completion*> cancelling_;
 
   void cancel_completed(std::uint64_t ud, int res) noexcept {
@@ -643,10 +652,6 @@ class io_uring_backend final : public backend {
         // A fiber I/O operation: user_data is its io_completion.
         ready_event ev;
         ev.io = reinterpret_cast<io_completion*>(static_cast<std::uintptr_t>(ud));
-        if (!cancelling_.empty() && !(cqe->flags & IORING_CQE_F_MORE)) {
-          auto it = std::find(cancelling_.begin(), cancelling_.end(), ev.io);
-          if (it != cancelling_.end()) cancelling_.erase(it);
-        }
         ev.res = cqe->res;
         ev.flags = cqe->flags;
         // A provided receive: where its bytes are in its buffer (see provided_region).
