@@ -7,7 +7,6 @@
 // another fiber, so each fiber's `caller` is the loop's context and nesting cannot build up.
 #include "squall/fiber.hpp"
 
-#include <cxxabi.h>
 #include <boost/context/detail/fcontext.hpp>
 
 #include <algorithm>
@@ -27,6 +26,13 @@
 #endif
 
 namespace ctx = boost::context::detail;
+
+// The C++ runtime's per-thread exception state (see resume()). libstdc++'s <cxxabi.h> declares
+// this, libc++abi's does not, though both export it: declared here for both.
+namespace __cxxabiv1 {
+struct __cxa_eh_globals;
+extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
+}  // namespace __cxxabiv1
 
 namespace squall {
 namespace detail {
@@ -54,8 +60,8 @@ thread_local void* t_main_tsan = nullptr;
 // another fiber's catch would then end (and free) the first one's exception: a use after free
 // that any handler writing an error reply from a catch block could set off. So each context
 // keeps its own: resume() swaps the two fields in and out around each switch.
-// Both libstdc++ and libc++abi begin __cxa_eh_globals with these two fields (ARM EHABI adds a
-// third after them, which is only used while an exception propagates, never across a switch).
+// Both libstdc++ and libc++abi begin __cxa_eh_globals with these two fields. (32-bit ARM's
+// EHABI adds a third, the exceptions in cleanup, which is not swapped: not a target here.)
 struct eh_globals {
   void* caught;
   unsigned uncaught;
@@ -64,7 +70,7 @@ struct eh_globals {
 __attribute__((tls_model("initial-exec"))) thread_local eh_globals* t_eh = nullptr;
 
 eh_globals& thread_eh() noexcept {
-  if (!t_eh) t_eh = reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
+  if (!t_eh) t_eh = reinterpret_cast<eh_globals*>(__cxxabiv1::__cxa_get_globals());
   return *t_eh;
 }
 
