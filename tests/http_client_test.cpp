@@ -1104,6 +1104,40 @@ TEST_CASE("scripted: a response that comes while the body is still going out") {
   });
 }
 
+TEST_CASE("scripted: a body that cannot go out: the producer's error, the caller's deadline") {
+  // The server reads the head and then nothing, and never answers.
+  squall::event release;
+  auto silent = [&](io_stream& s, const squall::address&) {
+    read_request_head(s);
+    release.wait();
+  };
+  with_server(silent, [&](http::client& c, scripted& srv) {
+    // A body_producer that fails halfway: fetch() throws its error at once, not a timeout.
+    auto req = request(srv.url(), "POST");
+    req.request_timeout = 20s;
+    int pieces = 0;
+    std::string piece(4096, 'p');
+    req.body_producer = [&]() -> std::string_view {
+      if (++pieces > 3) throw std::runtime_error("the disk went away");
+      return piece;
+    };
+    auto t0 = io_loop::now();
+    CHECK_THROWS_WITH(c.fetch(std::move(req)), "the disk went away");
+    CHECK(io_loop::now() - t0 < 5s);
+
+    // A large body stuck on the unread socket, under the caller's own deadline: the fetch ends
+    // with timed_out at that deadline, and the body's fiber is gone before fetch() returns
+    // (ASan would see its stream and request used after they were freed otherwise).
+    t0 = io_loop::now();
+    CHECK(squall::test::code_of([&] {
+            squall::with_timeout(
+                300ms, [&] { c.fetch(request(srv.url(), "POST", std::string(32 << 20, 'b'))); });
+          }) == squall::error::timed_out);
+    CHECK(io_loop::now() - t0 < 5s);
+    release.set();
+  });
+}
+
 TEST_CASE("scripted: a redirect to a Location the client cannot fetch is bad_response") {
   std::string location;
   auto script = [&](io_stream& s, const squall::address&) {

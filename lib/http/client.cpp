@@ -327,13 +327,25 @@ std::string request_head(const fetch_request& req, const url& u) {
   return h;
 }
 
-void send_body(io_stream& s, fetch_request& req, time_point deadline) {
+// Sends the body. A body_producer's exception goes to `*producer_error` when that is given
+// (the caller deals with it) and ends the sending; without it, it propagates.
+void send_body(io_stream& s, fetch_request& req, time_point deadline,
+               std::exception_ptr* producer_error = nullptr) {
   if (!req.body_producer) {
     if (!req.body.empty()) s.write(req.body, deadline);
     return;
   }
   for (;;) {
-    std::string_view piece = req.body_producer();
+    std::string_view piece;
+    try {
+      piece = req.body_producer();
+    } catch (const fiber_unwind&) {
+      throw;
+    } catch (...) {
+      if (!producer_error) throw;
+      *producer_error = std::current_exception();
+      return;
+    }
     char size[24];
     int n = std::snprintf(size, sizeof size, "%zx\r\n", piece.size());
     if (piece.empty()) {
@@ -349,12 +361,12 @@ void send_body(io_stream& s, fetch_request& req, time_point deadline) {
 // sending a body SHOULD watch for a response meanwhile). A server that refuses a body (413,
 // 401, a redirect) may answer before it reads any of it and then never read it; a client that
 // had to finish sending first would wait on a full socket buffer until its deadline, and never
-// see the answer. A body that fits under the stream's write buffer goes inline, as before; a
-// larger one, or a body_producer's, from a fiber of its own.
+// see the answer. A body under the stream's direct-write size (16 KiB) is buffered and goes out
+// with the head when the read starts, as before; a larger one, or a body_producer's, from a
+// fiber of its own.
 class body_sender {
  public:
-  // The most sent inline: the stream buffers it, and the read that follows sends it.
-  static constexpr std::size_t inline_max = 64 * 1024;
+  static constexpr std::size_t inline_max = 16 * 1024 - 1;
 
   body_sender() = default;
   body_sender(const body_sender&) = delete;
@@ -367,15 +379,23 @@ class body_sender {
       sent_ = true;
       return;
     }
-    // The flag is shared: at loop shutdown this frame may go before the fiber is unwound.
-    auto sent = std::make_shared<bool>(false);
-    sent_flag_ = sent;
+    // Shared: at loop shutdown this frame may go before the fiber is unwound.
+    auto st = std::make_shared<shared>();
+    st->fetcher = detail::current_fiber();
+    st_ = st;
     fiber_ = spawn(this_fiber::loop(),
-                   [sent, &s, &req, deadline] {
+                   [st, &s, &req, deadline] {
                      try {
-                       send_body(s, req, deadline);
+                       send_body(s, req, deadline, &st->producer_error);
+                       if (st->producer_error) {
+                         // The server waits for the rest of the body: the fetch would wait for its
+                         // answer until its deadline. It is told now, and reports the producer's
+                         // error.
+                         if (!st->stopping) detail::cancel(st->fetcher);
+                         return;
+                       }
                        s.flush(deadline);
-                       *sent = true;
+                       st->sent = true;
                      } catch (const std::system_error&) {
                        // The fetching fiber hears of a dead connection from its own read; a cancel
                        // is ours.
@@ -385,43 +405,67 @@ class body_sender {
   }
 
   // The whole body has gone out.
-  bool sent() const noexcept { return sent_ || (sent_flag_ && *sent_flag_); }
+  bool sent() const noexcept { return sent_ || (st_ && st_->sent); }
   bool running() const noexcept { return fiber_.valid() && !fiber_.done(); }
 
-  // A final response came while the body was still going out. Below 300 the server may be
-  // reading it as it answers (an echo): it goes on, and is waited for. From 300 on the server
-  // does not want it: it stops, and the connection (out of step now) is not reused.
+  // The body_producer threw: its exception, instead of what the fetch was told meanwhile.
+  void rethrow_producer_error() const {
+    if (st_ && st_->producer_error) std::rethrow_exception(st_->producer_error);
+  }
+
+  // A final response came while the body was still going out. From 300 on the server does not
+  // want the body: it stops, and the connection (out of step now) is not reused. Below 300 the
+  // server may be reading it as it answers (an echo): it goes on while the response is read.
   void on_response(int status) {
-    if (!running()) return;
     if (status >= 300) stop();
   }
 
-  // Cancels the sending fiber, if it still runs, and waits for it. Not while the loop shuts
-  // down: the fiber is unwound too, and from the destructor (`unwinding`) this frame goes first.
+  // Cancels the sending fiber, if it still runs, and waits for it, whatever the fetching
+  // fiber's own deadline scope says: the sender uses this frame's stream and request. A cancel
+  // of the fetching fiber that this wait takes is handed on to its next wait. Not while the
+  // loop shuts down: the sender is unwound too, and from the destructor (`unwinding`) this
+  // frame goes first.
   void stop(bool unwinding = false) {
     if (!fiber_.valid()) return;
+    st_->stopping = true;
     fiber_.cancel();
+    detail::fiber_record* self = detail::current_fiber();
+    time_point scope = std::exchange(self->scope_deadline, time_point::max());
+    bool cancelled = false;
     for (;;) {
       try {
         fiber_.join();
         break;
       } catch (const std::system_error& e) {
-        if (e.code() == error::cancelled && !fiber_.done()) continue;  // our own wait was cut
+        if (!fiber_.done()) {
+          cancelled = cancelled || e.code() == error::cancelled;
+          continue;  // our own wait was cut: the sender has not finished
+        }
         break;
       } catch (const fiber_unwind&) {
+        self->scope_deadline = scope;
         if (!unwinding) throw;
-        break;
+        fiber_ = {};
+        return;
       } catch (...) {
-        break;
+        break;  // the sender's own end (it catches what it expects)
       }
     }
+    self->scope_deadline = scope;
+    if (cancelled) detail::cancel(self);
     fiber_ = {};
   }
 
  private:
+  struct shared {
+    detail::fiber_record* fetcher = nullptr;
+    std::exception_ptr producer_error;
+    bool sent = false;
+    bool stopping = false;  // the fetching fiber waits for the sender: no cancel for it
+  };
   fiber<void> fiber_;
-  std::shared_ptr<bool> sent_flag_;  // the fiber's
-  bool sent_ = false;                // inline
+  std::shared_ptr<shared> st_;
+  bool sent_ = false;  // inline
 };
 
 // --- The response ----------------------------------------------------------------------------
@@ -854,6 +898,8 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
     }
     body.on_response(head.status);
   } catch (const std::system_error& e) {
+    body.stop();
+    body.rethrow_producer_error();  // what cut the wait short, if it did
     bool stale = e.code() == error::closed || e.code() == error::reset;
     if (reused && stale && !got_bytes && idempotent(req.method) && !req.body_producer)
       return std::nullopt;
@@ -892,24 +938,31 @@ std::optional<fetch_response> client::state::exchange(connection& c, fetch_reque
       head.content_length <= req.limits.max_body_size)
     r.body.reserve(head.content_length);
   body_sink sink(req, r.body, gunzip, discard);
-  switch (head.framing) {
-    case body_framing::none:
-      break;
-    case body_framing::content_length:
-      keep = read_sized_body(s, head.content_length, sink, deadline) && keep;
-      break;
-    case body_framing::chunked:
-      keep = read_chunked_body(s, req.limits, sink, deadline) && keep;
-      break;
-    case body_framing::until_close:
-      read_body_until_close(s, sink, deadline);
-      keep = false;
-      break;
+  try {
+    switch (head.framing) {
+      case body_framing::none:
+        break;
+      case body_framing::content_length:
+        keep = read_sized_body(s, head.content_length, sink, deadline) && keep;
+        break;
+      case body_framing::chunked:
+        keep = read_chunked_body(s, req.limits, sink, deadline) && keep;
+        break;
+      case body_framing::until_close:
+        read_body_until_close(s, sink, deadline);
+        keep = false;
+        break;
+    }
+  } catch (const std::system_error&) {
+    body.stop();
+    body.rethrow_producer_error();
+    throw;
   }
   sink.finish();
   // The response is whole: what is left of the body is not wanted any more. Only a connection
   // that carried the whole body is in step for the next request.
   body.stop();
+  body.rethrow_producer_error();
   if (!body.sent()) keep = false;
   // Bytes already buffered past the end of this response (a server that sent more than it
   // framed, e.g. after a 204) would be read as the next caller's response.
