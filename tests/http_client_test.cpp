@@ -1555,13 +1555,7 @@ TEST_CASE(
     "scripted: a gzip body that decodes to megabytes reaches the callback in bounded pieces") {
   // 4 MiB of a 1,000-byte pattern compress to about 20 KB: one read's worth decodes to far more
   // than one piece should hold (a few KB of gzip can decode to gigabytes).
-  std::string unit;
-  for (int i = 0; unit.size() < 1000; ++i)
-    unit += std::to_string(i * 7919) + ",";
-  unit.resize(1000);
-  std::string text;
-  while (text.size() < (4u << 20))
-    text += unit;
+  std::string text = squall::test::repeating_text(4u << 20);
   z_stream z{};
   deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
   std::string gz(text.size() / 100, '\0');

@@ -647,13 +647,7 @@ TEST_CASE("gzip: responses compressed when accepted, request bodies decoded when
 TEST_CASE("gzip: a request body that decodes to megabytes is read in bounded pieces") {
   // 4 MiB of a 1,000-byte pattern: about 20 KB of gzip, so that one read's worth of it decodes
   // to far more than a piece should hold.
-  std::string unit;
-  for (int i = 0; unit.size() < 1000; ++i)
-    unit += std::to_string(i * 7919) + ",";
-  unit.resize(1000);
-  std::string text;
-  while (text.size() < (4u << 20))
-    text += unit;
+  std::string text = squall::test::repeating_text(4u << 20);
   std::string gz = gzip_text(text);
   REQUIRE(gz.size() < 64 * 1024);
   fixture f;

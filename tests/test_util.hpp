@@ -39,6 +39,19 @@ inline void echo(io_stream& s, const address&) {
   }
 }
 
+// `size` bytes of text that repeat every 1,000: deflate squeezes them about 200 to 1, so a few
+// KB of gzip decode to megabytes (for the bounded-decoding tests).
+inline std::string repeating_text(std::size_t size) {
+  std::string unit;
+  for (int i = 0; unit.size() < 1000; ++i)
+    unit += std::to_string(i * 7919) + ",";
+  unit.resize(1000);
+  std::string text;
+  while (text.size() < size)
+    text += unit;
+  return text;
+}
+
 // The error code `fn` throws as std::system_error, or no error.
 inline std::error_code code_of(const std::function<void()>& fn) {
   try {
