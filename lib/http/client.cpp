@@ -406,7 +406,6 @@ class body_sender {
 
   // The whole body has gone out.
   bool sent() const noexcept { return sent_ || (st_ && st_->sent); }
-  bool running() const noexcept { return fiber_.valid() && !fiber_.done(); }
 
   // The body_producer threw: its exception, instead of what the fetch was told meanwhile.
   void rethrow_producer_error() const {

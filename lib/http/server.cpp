@@ -998,6 +998,18 @@ static void weaken_etag(std::string& fields) {
   }
 }
 
+// Removes every field called `name` from `fields` ("Name: value\r\n" lines).
+static void remove_fields(std::string& fields, std::string_view name) {
+  for (std::size_t pos = 0; pos < fields.size();) {
+    std::size_t eol = fields.find("\r\n", pos) + 2;
+    std::size_t colon = fields.find(':', pos);
+    if (iequals(std::string_view(fields).substr(pos, colon - pos), name))
+      fields.erase(pos, eol - pos);
+    else
+      pos = eol;
+  }
+}
+
 // The fields of a gzipped response: its encoding, Vary, and a weakened ETag (the compressed
 // bytes differ from the ones a strong tag names; nginx does the same).
 void connection::mark_gzipped() {
@@ -1014,14 +1026,7 @@ void connection::not_modified_fields() {
     fields += "Vary: Accept-Encoding\r\n";
     weaken_etag(fields);
   }
-  for (std::size_t pos = 0; pos < fields.size();) {
-    std::size_t eol = fields.find("\r\n", pos);
-    std::size_t colon = fields.find(':', pos);
-    if (colon < eol && iequals(std::string_view(fields).substr(pos, colon - pos), "Content-Type"))
-      fields.erase(pos, eol + 2 - pos);
-    else
-      pos = eol + 2;
-  }
+  remove_fields(fields, "Content-Type");
 }
 
 // Sends what has been written. A gzipped stream is flushed through zlib first, so what the
@@ -1155,15 +1160,7 @@ void response::add_header(std::string_view name, std::string_view value) {
 void response::set_header(std::string_view name, std::string_view value) {
   if (c_.started) throw std::logic_error("squall: set_header after the response started");
   check_field(name, value);
-  std::string& f = c_.fields;
-  for (std::size_t pos = 0; pos < f.size();) {
-    std::size_t eol = f.find("\r\n", pos) + 2;
-    std::size_t colon = f.find(':', pos);
-    if (iequals(std::string_view(f).substr(pos, colon - pos), name))
-      f.erase(pos, eol - pos);
-    else
-      pos = eol;
-  }
+  detail::remove_fields(c_.fields, name);
   add_header(name, value);
 }
 
